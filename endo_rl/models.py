@@ -1,0 +1,112 @@
+"""Loading causal LMs and tokenizers from a local directory, a GGUF file, or (for users online) a Hub id.
+
+A path that exists on disk is always loaded offline. Anything that looks like a path but does not exist is an
+error naming it; only a bare `org/name` that is not on disk is sent to the Hub.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from endo_rl.errors import UserError
+
+GGUF_MAGIC = b"GGUF"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and not name.endswith(".gguf")
+
+
+def resolve_source(path: str, gguf_file: str | None = None) -> tuple[str, str | None, bool]:
+    """Returns (directory or Hub id, GGUF file name or None, is_local). Raises UserError for missing paths."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        if gguf_file is not None or p.suffix != ".gguf":
+            raise UserError(f"model path {path} is a file; expected a model directory or a .gguf file")
+        _check_gguf(p)
+        return str(p.parent), p.name, True
+    if p.is_dir():
+        if gguf_file is not None:
+            _check_gguf(p / gguf_file)
+        return str(p), gguf_file, True
+    if _looks_like_hub_id(path):
+        return path, gguf_file, False
+    raise UserError(f"model path {path} does not exist (expected a model directory, a .gguf file or a Hub id)")
+
+
+def _check_gguf(file: Path) -> None:
+    if not file.is_file():
+        raise UserError(f"GGUF file {file} does not exist")
+    try:
+        with open(file, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as err:
+        raise UserError(f"GGUF file {file} cannot be read: {err.strerror}") from err
+    if magic != GGUF_MAGIC:
+        raise UserError(f"{file} is not a GGUF file (its first bytes are {magic!r}, expected b'GGUF')")
+
+
+def resolve_dtype(dtype: str, device: str | torch.device) -> torch.dtype:
+    """'auto' is bfloat16 on CUDA and float32 elsewhere."""
+    if dtype == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"dtype {dtype!r} is not one of {['auto', *DTYPES]}")
+    return DTYPES[dtype]
+
+
+def load_tokenizer(path: str, gguf_file: str | None = None):
+    """Tokenizer from a directory, a GGUF file or a Hub id; pad token set to EOS when the tokenizer has none."""
+    from transformers import AutoTokenizer
+
+    source, gguf, local = resolve_source(path, gguf_file)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, gguf_file=gguf, local_files_only=local)
+    except (OSError, ValueError) as err:
+        where = "local" if local else "Hub"
+        raise UserError(f"cannot load a tokenizer from {where} source {path}: {_first_line(err)}") from err
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(
+    path: str, gguf_file: str | None = None, dtype: str = "auto", device: str = "cpu"
+) -> torch.nn.Module:
+    """AutoModelForCausalLM from a directory, a GGUF file (dequantized) or a Hub id, on `device`."""
+    from transformers import AutoModelForCausalLM
+
+    source, gguf, local = resolve_source(path, gguf_file)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, gguf_file=gguf, local_files_only=local, dtype=resolve_dtype(dtype, device)
+        )
+    except (OSError, ValueError) as err:
+        where = "local" if local else "Hub"
+        raise UserError(f"cannot load a causal LM from {where} source {path}: {_first_line(err)}") from err
+    return model.to(device)
+
+
+def check_vocab(model: torch.nn.Module, tokenizer, what: str = "model") -> None:
+    """The tokenizer must not produce ids the model's LM head has no row for."""
+    rows = model.get_output_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise UserError(
+            f"tokenizer has {len(tokenizer)} tokens but the {what}'s output layer has {rows} rows: "
+            "tokenizer and model do not match"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def default_device() -> str:
+    """$ENDO_RL_DEVICE if set, else CUDA when present, else CPU."""
+    return os.environ.get("ENDO_RL_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
