@@ -1,0 +1,216 @@
+"""The one config schema. YAML recipes override these defaults; `key.sub=value` overrides the YAML.
+
+Load with `endo_rl.config.load(path, overrides)`; unknown keys and wrong types are errors naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from endo_rl import config_loader
+from endo_rl.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""
+    """Policy initialisation (and, by default, the frozen reward/reference model): a directory, .gguf, or Hub id."""
+    gguf_file: str | None = None
+    """GGUF file name inside `path`, when `path` is a directory."""
+    tokenizer: str | None = None
+    """Tokenizer directory; default: the model's."""
+    dtype: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    """Train a LoRA adapter instead of all weights; the reference pass then runs with the adapter disabled."""
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names that get adapters."""
+    save: Literal["merged", "adapter"] = "merged"
+    """Final checkpoint: adapter merged into the base weights, or the adapter alone."""
+
+
+@dataclass
+class EndogenousRewardConfig:
+    weight: float = 1.0
+    """Weight of this source in the total reward (0 turns it off)."""
+    level: Literal["token", "sequence"] = "sequence"
+    """Dense per-token rewards, or their sum given at the last token."""
+    alpha: float = 1.0
+    """Reward scale alpha > 0 of the inverse soft Bellman operator."""
+    system_prompt: str | None = None
+    """System prompt shown to the reward model only (the paper's promptable reward); None: policy's prompt."""
+    model: str | None = None
+    """Reward model; None: the frozen copy of the base model (also used as the KL reference)."""
+
+    def __post_init__(self):
+        if self.alpha <= 0:
+            raise UserError(f"config key 'reward.endogenous.alpha' must be > 0, got {self.alpha}")
+
+
+@dataclass
+class CorrectnessRewardConfig:
+    weight: float = 0.0
+    """Reward `weight` when the last \\boxed{} answer verifies against the gold answer (math-verify)."""
+
+
+@dataclass
+class LengthPenaltyConfig:
+    weight: float = 0.0
+    """Subtract `weight * tokens / generation.max_new_tokens` from the sequence reward."""
+
+
+@dataclass
+class RewardConfig:
+    endogenous: EndogenousRewardConfig = field(default_factory=EndogenousRewardConfig)
+    correctness: CorrectnessRewardConfig = field(default_factory=CorrectnessRewardConfig)
+    length_penalty: LengthPenaltyConfig = field(default_factory=LengthPenaltyConfig)
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    """Training prompts: a JSONL file, a directory holding train.jsonl, or a Hub dataset id."""
+    prompt_field: str = "problem"
+    """Row field holding the prompt text."""
+    answer_field: str = "solution"
+    """Row field holding the gold answer (a \\boxed{} inside it is extracted) for the correctness reward."""
+    template: str = "qwen25-math-cot"
+    """Prompt template name (see `endo-rl eval --help`)."""
+    max_prompt_length: int = 1024
+    """Prompts longer than this (in tokens) are an error, not silently cut."""
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 1024
+    """Response length limit; longer responses are truncated and counted."""
+    temperature: float = 1.0
+    """Sampling temperature for rollouts (rewards and log-probs always use the raw logits)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    top_k: int = 0
+    """Top-k sampling (0: off)."""
+
+
+@dataclass
+class AlgoConfig:
+    name: Literal["ppo", "grpo"] = "grpo"
+    """PPO with a value head and GAE, or GRPO with group-normalized rewards."""
+    kl_coef: float = 0.01
+    """KL penalty coefficient against the frozen reference."""
+    kl_mode: Literal["reward", "loss"] = "reward"
+    """KL as a per-token reward penalty, or as a loss term."""
+    gamma: float = 1.0
+    """Discount (PPO)."""
+    lam: float = 0.95
+    """GAE lambda (PPO)."""
+    clip_eps: float = 0.2
+    """Policy ratio clip range."""
+    value_clip: float = 0.2
+    """Value prediction clip range (PPO)."""
+    vf_coef: float = 0.5
+    """Value loss weight (PPO)."""
+    group_size: int = 8
+    """Responses sampled per prompt."""
+    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
+    """Average the loss over all tokens, or per sequence then over sequences."""
+    scale_rewards: bool = True
+    """GRPO: divide group-centred rewards by the group's std."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100
+    """RL steps (one rollout batch each)."""
+    prompts_per_step: int = 8
+    """Prompts per step (global); each gets `algo.group_size` responses."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass (gradient accumulation covers the rest)."""
+    lr: float = 1e-6
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    save_every: int = 0
+    """Save a checkpoint every N steps (0: only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept in output_dir/checkpoints."""
+    on_nonfinite: Literal["error", "skip"] = "error"
+    """NaN/Inf in rewards, advantages, loss or gradients: stop, or skip the batch and count it."""
+
+
+@dataclass
+class EvalConfig:
+    before: bool = False
+    """Evaluate the initial policy before training."""
+    after: bool = False
+    """Evaluate the final policy after training (and compare with `before`)."""
+    benchmarks: list[str] = field(default_factory=lambda: ["math500"])
+    """Benchmark names."""
+    data_dir: str | None = None
+    """Local benchmark directory (layout of shared/benchmarks); None: Hub ids."""
+    limit: int | None = None
+    """Problems per benchmark (None: all)."""
+    max_new_tokens: int = 1024
+    """Evaluation response length."""
+    temperature: float = 0.0
+    """0: greedy."""
+    n_samples: int = 1
+    """Samples per problem for avg@k."""
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = True
+    """Log to wandb (offline mode when no API key is set)."""
+    project: str = "endo_rl"
+    """wandb project."""
+    run_name: str | None = None
+    """wandb run name; None: output_dir's name."""
+    log_every: int = 1
+    """Steps between log lines."""
+
+
+@dataclass
+class ExperimentConfig:
+    output_dir: str = "outputs/run"
+    """Where checkpoints, metrics.jsonl, plots and the resolved config go."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in output_dir."""
+    seed: int = 0
+    """Seeds Python, NumPy and torch on every process."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    """A recipe (optional) plus `key.sub=value` overrides -> a validated ExperimentConfig."""
+    return config_loader.load(ExperimentConfig, path, overrides)
