@@ -42,20 +42,19 @@ class Problem:
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, row) for each non-empty line; a bad line is a UserError naming file and line."""
     try:
-        handle = open(path, encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror}") from err
-    with handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise UserError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from err
+        if not isinstance(row, dict):
+            raise UserError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
+        yield lineno, row
 
 
 def _strip_dollars(text: str) -> str:
@@ -117,8 +116,12 @@ class _Spec:
 SPECS: dict[str, _Spec] = {
     "math500": _Spec(("problem",), _gold_field("answer"), ("HuggingFaceH4/MATH-500", None, "test")),
     "minerva_math": _Spec(("problem", "question"), _gold_boxed, ("math-ai/minervamath", None, "test")),
-    "olympiadbench": _Spec(("question",), _gold_olympiad, ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train")),
-    "aime24": _Spec(("problem", "question"), _gold_field("answer"), ("HuggingFaceH4/aime_2024", None, "train")),
+    "olympiadbench": _Spec(
+        ("question",), _gold_olympiad, ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train")
+    ),
+    "aime24": _Spec(
+        ("problem", "question"), _gold_field("answer"), ("HuggingFaceH4/aime_2024", None, "train")
+    ),
     "amc23": _Spec(("problem", "question"), _gold_amc, ("math-ai/amc23", None, "test")),
     "gsm8k": _Spec(("question",), _gold_gsm8k, ("openai/gsm8k", "main", "test")),
     "math": _Spec(("problem",), _gold_boxed, ("DigitalLearningGmbH/MATH-lighteval", None, "test")),

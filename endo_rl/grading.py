@@ -136,7 +136,8 @@ class Grader:
         self.timeout_s = timeout_s
         self.grace_s = grace_s
         self.start_timeout_s = start_timeout_s
-        self._child_timeout_s = timeout_s  # tests set it above the parent's deadline to exercise the kill path
+        # tests set this above the parent's deadline to exercise the kill path
+        self._child_timeout_s = timeout_s
         self._proc: subprocess.Popen | None = None
         self._buffer = b""
         self._lock = threading.Lock()
@@ -163,7 +164,9 @@ class Grader:
                 self._kill()
                 if died is not None:
                     return Grade(False, "parse_error", f"grader process died (exit code {died})")
-                return Grade(False, "timeout", f"grader did not answer within {self.timeout_s + self.grace_s:g} s")
+                return Grade(
+                    False, "timeout", f"grader did not answer within {self.timeout_s + self.grace_s:g} s"
+                )
         result = json.loads(reply)
         return Grade(result["correct"], result["status"], result.get("detail", ""))
 
@@ -173,7 +176,10 @@ class Grader:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "endo_rl.grading"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
         )
         self._buffer = b""
         if self._read_line(time.monotonic() + self.start_timeout_s) is None:

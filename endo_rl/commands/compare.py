@@ -1,0 +1,22 @@
+"""`endo-rl compare before.json after.json`: a table of accuracies and a grouped bar chart PNG."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("before", help="report JSON of `endo-rl eval` before training")
+    p.add_argument("after", help="report JSON after training")
+    p.add_argument("--png", default=None, help="bar chart path (default: <after>.compare.png)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from endo_rl.reports import compare_reports, load_report
+
+    before, after = load_report(args.before), load_report(args.after)
+    png = Path(args.png) if args.png else Path(args.after).with_suffix(".compare.png")
+    print(compare_reports(before, after, png))
+    print(f"\nbar chart: {png}")
+    return 0

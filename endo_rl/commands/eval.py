@@ -1,0 +1,125 @@
+"""`endo-rl eval`: accuracy of a model on math benchmarks, or re-grading of saved completions.
+
+endo-rl eval --model PATH --benchmarks math500,gsm8k --data-dir DIR --limit 50 --out report.json
+endo-rl eval --predictions report.predictions.jsonl --data-dir DIR --out regraded.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from endo_rl.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from endo_rl.benchmarks import PAPER_BENCHMARKS, SPECS
+    from endo_rl.templates import TEMPLATES
+
+    p.add_argument("--model", default=None, help="model directory, .gguf file, or Hub id")
+    p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (a directory)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    p.add_argument(
+        "--benchmarks", default=",".join(PAPER_BENCHMARKS), help=f"comma list of {', '.join(SPECS)}"
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="directory with <benchmark>/test.jsonl (default: Hub datasets)"
+    )
+    p.add_argument("--template", default="qwen25-math-cot", help=f"one of {', '.join(TEMPLATES)}")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument(
+        "--n-samples", type=int, default=1, help="samples per problem for avg@k (needs temperature > 0)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="only the first N problems of each benchmark")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grading-timeout", type=float, default=5.0, help="seconds per answer (default 5)")
+    p.add_argument("--out", required=True, help="report JSON path")
+    p.add_argument(
+        "--save-predictions",
+        default=None,
+        help="completions JSONL, resumed if it exists (default: <out>.predictions.jsonl)",
+    )
+    p.add_argument(
+        "--predictions", default=None, help="re-grade this completions JSONL instead of generating"
+    )
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _settings(args: argparse.Namespace):
+    from endo_rl.benchmarks import parse_names
+    from endo_rl.evaluator import EvalSettings
+
+    return EvalSettings(
+        benchmarks=parse_names(args.benchmarks),
+        data_dir=args.data_dir,
+        template=args.template,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        n_samples=args.n_samples,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        grading_timeout_s=args.grading_timeout,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+
+
+def summary_table(report: dict) -> str:
+    lines = [
+        f"{'benchmark':<15} {'acc %':>7} {'±se':>6} {'n':>5} {'trunc':>6} {'no ans':>6} {'t/o':>4} {'parse':>6}"
+    ]
+    for name, m in report["benchmarks"].items():
+        se = "-" if m["stderr"] is None else f"{100 * m['stderr']:.1f}"
+        lines.append(
+            f"{name:<15} {100 * m['accuracy']:>7.1f} {se:>6} {m['n']:>5} {m['n_truncated']:>6} "
+            f"{m['n_no_answer']:>6} {m['n_timeout']:>4} {m['n_parse_error']:>6}"
+        )
+    avg = report["average"]
+    se = "-" if avg["stderr"] is None else f"{100 * avg['stderr']:.1f}"
+    lines.append(f"{'average':<15} {100 * avg['accuracy']:>7.1f} {se:>6}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from endo_rl import evaluator
+
+    out = Path(args.out)
+    if args.predictions is not None:
+        if args.model is not None:
+            raise UserError("--predictions re-grades saved completions: do not pass --model with it")
+        report = evaluator.regrade(
+            args.predictions, args.data_dir, args.grading_timeout, not args.no_progress
+        )
+    else:
+        if args.model is None:
+            raise UserError("--model is required (or --predictions FILE to re-grade saved completions)")
+        settings = _settings(args)
+        settings.validate()
+        report = _generate_and_grade(args, settings, out)
+    evaluator.write_report(report, out)
+    print(summary_table(report))
+    print(f"\nreport: {out}")
+    return 0
+
+
+def _generate_and_grade(args: argparse.Namespace, settings, out: Path) -> dict:
+    from endo_rl import evaluator, models
+
+    device = args.device or models.default_device()
+    tokenizer = models.load_tokenizer(
+        args.tokenizer or args.model, None if args.tokenizer else args.gguf_file
+    )
+    model = models.load_causal_lm(args.model, args.gguf_file, args.dtype, device)
+    models.check_vocab(model, tokenizer)
+    model.eval()
+    predictions = (
+        Path(args.save_predictions) if args.save_predictions else out.with_suffix(".predictions.jsonl")
+    )
+    name = args.model if args.gguf_file is None else f"{args.model}/{args.gguf_file}"
+    return evaluator.run_eval(model, tokenizer, settings, predictions, name)

@@ -1,0 +1,286 @@
+"""Math evaluation: generate with the training loop's `generate`, save every completion, grade, report.
+
+    for each benchmark:
+        problems   = load_benchmark(name)[:limit]
+        todo       = (problem, sample) pairs not yet in the predictions file        # resume
+        for chunk of todo (sorted by prompt length):
+            completions = generate(model, prompts, ...)                              # endo_rl.generation
+            append each to predictions.jsonl                                          # survives a kill
+        grades     = Grader (math-verify in a child process, hard timeout)
+        metrics    = accuracy/avg@k +- stderr, truncated, no answer, timeouts, parse errors, tokens, time
+
+`evaluate(model, tokenizer, settings, out_dir)` is what training calls before and after; `regrade(...)` is
+`endo-rl eval --predictions`, grading saved completions without a model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from endo_rl import eval_metrics, templates
+from endo_rl.benchmarks import PAPER_BENCHMARKS, Problem, check_name, load_benchmark
+from endo_rl.errors import UserError
+from endo_rl.generation import SamplingConfig, generate
+from endo_rl.grading import Grade, Grader
+from endo_rl.predictions import Prediction, PredictionWriter, check_resume_settings, read_predictions
+
+
+@dataclass
+class EvalSettings:
+    benchmarks: list[str] = field(default_factory=lambda: list(PAPER_BENCHMARKS))
+    """Benchmark names (see endo_rl.benchmarks.SPECS)."""
+    data_dir: str | None = None
+    """Directory with <name>/test.jsonl; None loads the Hub datasets."""
+    template: str = "qwen25-math-cot"
+    """Prompt template (endo_rl.templates.TEMPLATES); use the same before and after training."""
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    """0 is greedy decoding."""
+    top_p: float = 1.0
+    n_samples: int = 1
+    """Samples per problem (k of avg@k); above 1 needs temperature > 0."""
+    limit: int | None = None
+    """Only the first `limit` problems of each benchmark."""
+    batch_size: int = 16
+    grading_timeout_s: float = 5.0
+    seed: int = 0
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in self.benchmarks:
+            check_name(name)
+        templates.check_template(self.template)
+        if self.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if self.n_samples < 1:
+            raise UserError(f"n_samples must be >= 1, got {self.n_samples}")
+        if self.n_samples > 1 and self.temperature == 0:
+            raise UserError(
+                f"n_samples={self.n_samples} with temperature 0 draws the same greedy answer each time"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"limit must be >= 1, got {self.limit}")
+
+    def decoding(self, model_name: str) -> dict:
+        """What a resumed run must share with the run that wrote the predictions file."""
+        return {
+            "model": model_name,
+            "template": self.template,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "n_samples": self.n_samples,
+        }
+
+
+def evaluate(
+    model: torch.nn.Module, tokenizer, settings: EvalSettings, out_dir: str | Path, model_name: str = "model"
+) -> dict:
+    """Evaluate and write `out_dir/predictions.jsonl` and `out_dir/report.json`; returns the report.
+
+    Re-running with the same out_dir resumes from the saved completions.
+    """
+    out_dir = Path(out_dir)
+    report = run_eval(model, tokenizer, settings, out_dir / "predictions.jsonl", model_name)
+    write_report(report, out_dir / "report.json")
+    return report
+
+
+def run_eval(
+    model: torch.nn.Module, tokenizer, settings: EvalSettings, predictions_path: Path, model_name: str
+) -> dict:
+    settings.validate()
+    predictions_path = Path(predictions_path)
+    decoding = settings.decoding(model_name)
+    saved, rows = (None, [])
+    if predictions_path.exists():
+        saved, rows = read_predictions(predictions_path, tolerate_torn_tail=True)
+        check_resume_settings(predictions_path, saved, decoding)
+    done = {p.key(): p for _, p in rows}
+    n_resumed = 0
+    torch.manual_seed(settings.seed)
+    per_bench, results = {}, []
+    with PredictionWriter(predictions_path, decoding) as writer, Grader(settings.grading_timeout_s) as grader:
+        for name in settings.benchmarks:
+            start = time.perf_counter()
+            problems = load_benchmark(name, settings.data_dir)
+            size = len(problems)
+            problems = problems[: settings.limit] if settings.limit else problems
+            keys = [(name, p.index, s) for p in problems for s in range(settings.n_samples)]
+            n_resumed += sum(k in done for k in keys)
+            _generate_missing(model, tokenizer, settings, name, problems, done, writer)
+            preds = [done[k] for k in keys]
+            grades = _grade_all(grader, problems, preds, settings.progress, name)
+            per_bench[name] = summarize(preds, grades, size, time.perf_counter() - start)
+            results += [_result_row(p, g) for p, g in zip(preds, grades)]
+    settings_out = {
+        **decoding,
+        "benchmarks": settings.benchmarks,
+        "limit": settings.limit,
+        "data_dir": settings.data_dir,
+        "seed": settings.seed,
+        "grading_timeout_s": settings.grading_timeout_s,
+    }
+    return build_report(settings_out, per_bench, results, str(predictions_path), n_resumed)
+
+
+def _generate_missing(
+    model,
+    tokenizer,
+    settings: EvalSettings,
+    name: str,
+    problems: Sequence[Problem],
+    done: dict,
+    writer: PredictionWriter,
+) -> None:
+    """Generate every (problem, sample) of benchmark `name` not in `done`, a micro-batch at a time, appending
+    each micro-batch to the predictions file as it finishes. Work is sorted by prompt length, so a resumed
+    run rebuilds the same micro-batches after the last saved one."""
+    prompts = {p.index: templates.prompt_ids(settings.template, tokenizer, p.question) for p in problems}
+    work = sorted(
+        ((p.index, s) for p in problems for s in range(settings.n_samples)),
+        key=lambda w: (len(prompts[w[0]]), w),
+    )
+    chunks = [work[i : i + settings.batch_size] for i in range(0, len(work), settings.batch_size)]
+    sampling = SamplingConfig(settings.max_new_tokens, settings.temperature, settings.top_p, top_k=0)
+    stop_ids = templates.stop_token_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    bar = tqdm(total=len(work), desc=f"{name}", unit="seq", disable=not settings.progress)
+    for chunk in chunks:
+        todo = [w for w in chunk if (name, *w) not in done]
+        bar.update(len(chunk) - len(todo))
+        if not todo:
+            continue
+        completions = generate(
+            model, [prompts[i] for i, _ in todo], sampling, stop_ids, pad_id, batch_size=settings.batch_size
+        )
+        for (index, sample), c in zip(todo, completions):
+            text = tokenizer.decode(c.token_ids, skip_special_tokens=True)
+            pred = Prediction(name, index, sample, text, len(c.token_ids), c.truncated)
+            writer.append(pred)
+            done[pred.key()] = pred
+        bar.update(len(todo))
+    bar.close()
+
+
+def _grade_all(
+    grader: Grader, problems: Sequence[Problem], preds: Sequence[Prediction], progress: bool, name: str
+) -> list[Grade]:
+    gold = {p.index: p.gold for p in problems}
+    return [
+        grader.grade(gold[p.index], p.completion)
+        for p in tqdm(preds, desc=f"grading {name}", unit="ans", disable=not progress)
+    ]
+
+
+def _result_row(pred: Prediction, grade: Grade) -> dict:
+    return {
+        "benchmark": pred.benchmark,
+        "index": pred.index,
+        "sample": pred.sample,
+        "correct": grade.correct,
+        "status": grade.status,
+        "truncated": pred.truncated,
+    }
+
+
+def summarize(preds: Sequence[Prediction], grades: Sequence[Grade], size: int, wall_time_s: float) -> dict:
+    """Per-benchmark metrics from its graded predictions (several samples of one index are its k samples)."""
+    per_problem: dict[int, list[bool]] = {}
+    for pred, grade in zip(preds, grades):
+        per_problem.setdefault(pred.index, []).append(grade.correct)
+    fractions = eval_metrics.problem_fractions(list(per_problem.values()))
+    accuracy, stderr = eval_metrics.mean_and_stderr(fractions)
+    ks = {len(v) for v in per_problem.values()}
+    tokens = [p.n_tokens for p in preds]
+    out = {
+        "accuracy": accuracy,
+        "stderr": stderr,
+        "n": len(per_problem),
+        "size": size,
+        "k": max(ks) if len(ks) == 1 else sorted(ks),
+        "n_completions": len(preds),
+        "n_correct": sum(g.correct for g in grades),
+        "n_truncated": sum(bool(p.truncated) for p in preds),
+        **{f"n_{s}": sum(g.status == s for g in grades) for s in ("no_answer", "timeout", "parse_error")},
+        "tokens_generated": None if None in tokens else sum(tokens),
+        "wall_time_s": round(wall_time_s, 3),
+    }
+    if max(ks) > 1:
+        out["avg_at_k"] = accuracy
+        out["pass_at_k"] = eval_metrics.pass_at_k(list(per_problem.values()))
+    return out
+
+
+def build_report(
+    settings: dict, per_bench: dict, results: list, predictions_file: str | None, n_resumed: int
+) -> dict:
+    accs = [m["accuracy"] for m in per_bench.values()]
+    mean, se = eval_metrics.macro_average(accs, [m["stderr"] for m in per_bench.values()])
+    return {
+        "settings": settings,
+        "benchmarks": per_bench,
+        "average": {"accuracy": mean, "stderr": se, "over": list(per_bench)},
+        "results": results,
+        "predictions_file": predictions_file,
+        "resumed_completions": n_resumed,
+        "wall_time_s": round(sum(m["wall_time_s"] for m in per_bench.values()), 3),
+    }
+
+
+def regrade(
+    predictions_path: str | Path,
+    data_dir: str | Path | None,
+    grading_timeout_s: float = 5.0,
+    progress: bool = False,
+) -> dict:
+    """Grade saved completions without a model. Results keep the file's row order."""
+    path = Path(predictions_path)
+    saved, rows = read_predictions(path)
+    if not rows:
+        raise UserError(f"predictions file {path} has no completions")
+    names = list(dict.fromkeys(p.benchmark for _, p in rows))
+    problems = {}
+    for name in names:
+        check_name(name)
+        problems[name] = {p.index: p for p in load_benchmark(name, data_dir)}
+    for lineno, p in rows:
+        if p.index not in problems[p.benchmark]:
+            raise UserError(
+                f"{path}, line {lineno}: {p.benchmark} has {len(problems[p.benchmark])} rows, "
+                f"index {p.index} is out of range"
+            )
+    per_bench, grades = {}, {}
+    with Grader(grading_timeout_s) as grader:
+        for name in names:
+            start = time.perf_counter()
+            mine = [(lineno, p) for lineno, p in rows if p.benchmark == name]
+            gs = _grade_all(grader, list(problems[name].values()), [p for _, p in mine], progress, name)
+            grades.update({lineno: g for (lineno, _), g in zip(mine, gs)})
+            per_bench[name] = summarize(
+                [p for _, p in mine], gs, len(problems[name]), time.perf_counter() - start
+            )
+    results = [_result_row(p, grades[lineno]) for lineno, p in rows]
+    settings = {
+        **(saved or {}),
+        "benchmarks": names,
+        "data_dir": None if data_dir is None else str(data_dir),
+        "grading_timeout_s": grading_timeout_s,
+        "regraded_from": str(path),
+    }
+    return build_report(settings, per_bench, results, str(path), 0)
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
