@@ -67,5 +67,10 @@ def pack(
         response_ids_BL[b, : len(r)] = torch.tensor(r, dtype=torch.long)
         response_mask_BL[b, : len(r)] = True
     return PackedBatch(
-        input_ids_BT, attention_mask_BT, position_ids_BT, predictor_index_BL, response_mask_BL, response_ids_BL
+        input_ids_BT,
+        attention_mask_BT,
+        position_ids_BT,
+        predictor_index_BL,
+        response_mask_BL,
+        response_ids_BL,
     )

@@ -14,7 +14,12 @@ import torch
 from endo_rl.errors import UserError
 
 GGUF_MAGIC = b"GGUF"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -36,7 +41,9 @@ def resolve_source(path: str, gguf_file: str | None = None) -> tuple[str, str | 
         return str(p), gguf_file, True
     if _looks_like_hub_id(path):
         return path, gguf_file, False
-    raise UserError(f"model path {path} does not exist (expected a model directory, a .gguf file or a Hub id)")
+    raise UserError(
+        f"model path {path} does not exist (expected a model directory, a .gguf file or a Hub id)"
+    )
 
 
 def _check_gguf(file: Path) -> None:

@@ -47,7 +47,9 @@ def _has_plain_head(model: torch.nn.Module) -> bool:
     return getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
 
 
-def _finish(chosen_BL: torch.Tensor, lse_BL: torch.Tensor, mask_BL: torch.Tensor, alpha: float) -> ReferenceOutput:
+def _finish(
+    chosen_BL: torch.Tensor, lse_BL: torch.Tensor, mask_BL: torch.Tensor, alpha: float
+) -> ReferenceOutput:
     token_rewards_BL = reward.endogenous_token_rewards(chosen_BL, lse_BL, mask_BL, alpha)
     return ReferenceOutput(
         token_rewards_BL=token_rewards_BL,
@@ -142,7 +144,9 @@ class ReferenceModel:
         return self.tokenizer.eos_token_id if pad is None else pad
 
     @torch.no_grad()
-    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> ReferenceOutput:
+    def score(
+        self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]
+    ) -> ReferenceOutput:
         batch = pack([list(p) for p in prompt_ids], [list(r) for r in response_ids], self.pad_id)
         return reference_forward(self.model, batch.to(self.device), self.alpha, self.chunk_size)
 

@@ -73,4 +73,3 @@ def endogenous_token_rewards(
 def sequence_rewards(token_rewards_BL: torch.Tensor) -> torch.Tensor:
     """The response-level endogenous reward: the sum of token rewards (= alpha*(log pi(y|x) + lse(z_1)))."""
     return token_rewards_BL.sum(dim=-1)
-

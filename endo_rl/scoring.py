@@ -25,7 +25,9 @@ def chat_messages(prompt: str, system: str | None) -> list[dict[str, str]]:
 
 
 def chat_prompt_ids(tokenizer, prompt: str, system: str | None) -> list[int]:
-    text = tokenizer.apply_chat_template(chat_messages(prompt, system), tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        chat_messages(prompt, system), tokenize=False, add_generation_prompt=True
+    )
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

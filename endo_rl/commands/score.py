@@ -35,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     if args.system is not None and not args.chat:
         raise UserError("--system needs --chat (the system prompt is part of the chat rendering)")
     device = args.device or models.default_device()
-    tokenizer = models.load_tokenizer(args.tokenizer or args.model, None if args.tokenizer else args.gguf_file)
+    tokenizer = models.load_tokenizer(
+        args.tokenizer or args.model, None if args.tokenizer else args.gguf_file
+    )
     if args.chat:
         prompt_ids, response_ids = scoring.chat_ids(tokenizer, args.prompt, args.response, args.system)
     else:
@@ -47,18 +49,26 @@ def run(args: argparse.Namespace) -> int:
     scored = ReferenceModel(model, tokenizer, alpha=args.alpha).score_each([prompt_ids], [response_ids])[0]
     tokens = scoring.token_strings(tokenizer, scored.token_ids)
     if args.html:
-        page = scoring.render_html(tokens, scored.token_rewards, scored.logprobs, f"endogenous reward: {args.model}")
+        page = scoring.render_html(
+            tokens, scored.token_rewards, scored.logprobs, f"endogenous reward: {args.model}"
+        )
         Path(args.html).write_text(page, encoding="utf-8")
     if args.json:
-        print(json.dumps({
-            "token_ids": scored.token_ids,
-            "tokens": tokens,
-            "token_rewards": scored.token_rewards,
-            "logprobs": scored.logprobs,
-            "reward": scored.reward,
-            "alpha": args.alpha,
-        }))
+        print(
+            json.dumps(
+                {
+                    "token_ids": scored.token_ids,
+                    "tokens": tokens,
+                    "token_rewards": scored.token_rewards,
+                    "logprobs": scored.logprobs,
+                    "reward": scored.reward,
+                    "alpha": args.alpha,
+                }
+            )
+        )
     else:
         print(scoring.format_table(tokens, scored.token_rewards, scored.logprobs))
-        print(f"\nreward (sum of token rewards): {scored.reward:.4f}   alpha={args.alpha}   tokens={len(tokens)}")
+        print(
+            f"\nreward (sum of token rewards): {scored.reward:.4f}   alpha={args.alpha}   tokens={len(tokens)}"
+        )
     return 0
