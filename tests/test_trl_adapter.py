@@ -1,0 +1,75 @@
+"""The TRL adapter: equal to our own scoring, and accepted by TRL's GRPOTrainer for a real step on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from endo_rl import scoring
+from endo_rl.trl_adapter import EndogenousRewardFunc
+
+
+@pytest.fixture(scope="module")
+def reward_func(tiny_model_dir):
+    return EndogenousRewardFunc.from_pretrained(str(tiny_model_dir), alpha=1.0, device="cpu", dtype="float32")
+
+
+def test_matches_score_semantics(reward_func, qwen_tokenizer):
+    tok = qwen_tokenizer
+    prompts = ["What is 2+2?", "Say hi."]
+    completions = ["2+2 = 4", "hi!"]
+    ids = [tok(c, add_special_tokens=False)["input_ids"] for c in completions]
+    got = reward_func(prompts=prompts, completions=completions, completion_ids=ids)
+    pairs = [scoring.plain_ids(tok, p, c) for p, c in zip(prompts, completions)]
+    want = reward_func.reference.score_each([p for p, _ in pairs], [r for _, r in pairs])
+    assert got == pytest.approx([w.reward for w in want])
+    # retokenizing the text gives the same ids here, so the same rewards
+    assert reward_func.__class__(reward_func.reference, retokenize=True)(
+        prompts, completions
+    ) == pytest.approx(got)
+
+
+def test_conversational_prompts_use_the_chat_template(reward_func, qwen_tokenizer):
+    prompt = [{"role": "user", "content": "What is 2+2?"}]
+    completion = [{"role": "assistant", "content": "4"}]
+    steered = EndogenousRewardFunc(reward_func.reference, system_prompt="Be terse.", retokenize=True)
+    got = steered([prompt], [completion])[0]
+    p_ids, r_ids = scoring.chat_ids(qwen_tokenizer, "What is 2+2?", "4", system="Be terse.")
+    assert got == pytest.approx(reward_func.reference.score_each([p_ids], [r_ids])[0].reward)
+
+
+def test_grpo_trainer_runs_a_step_with_it(reward_func, tiny_model_dir, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    before = {k: v.clone() for k, v in policy.named_parameters()}
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=6,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        beta=0.0,
+        bf16=False,
+        seed=0,
+    )
+    data = Dataset.from_dict({"prompt": ["What is 2+2?", "Name a colour.", "Count to three.", "Say hi."]})
+    trainer = GRPOTrainer(
+        model=policy,
+        reward_funcs=[reward_func],
+        args=args,
+        train_dataset=data,
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+    )
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "rewards/endogenous_reward/mean" in h]
+    assert logged, trainer.state.log_history
+    assert torch.isfinite(torch.tensor(logged[0]["rewards/endogenous_reward/mean"]))
+    assert any(not torch.equal(before[k], v) for k, v in policy.named_parameters())
