@@ -19,16 +19,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def make_tiny_qwen(vocab_size: int = 151936, hidden: int = 32, layers: int = 2, seed: int = 0,
-                   dtype: torch.dtype = torch.float32):
+def make_tiny_qwen(
+    vocab_size: int = 151936,
+    hidden: int = 32,
+    layers: int = 2,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+):
     """A random Qwen2 with the real vocabulary size: small enough for CPU, real enough for shape bugs."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     cfg = Qwen2Config(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
-        bos_token_id=151643, eos_token_id=151645, pad_token_id=151643,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        pad_token_id=151643,
     )
     model = Qwen2ForCausalLM(cfg).to(dtype)
     # random init leaves logits nearly flat; widen them so rewards differ visibly between tokens

@@ -1,0 +1,146 @@
+"""The endogenous reward engine against a brute-force float64 loop, and its invariants."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import make_tiny_qwen
+
+from endo_rl import reward
+from endo_rl.batch import pack
+from endo_rl.refmodel import ReferenceModel, naive_reference_forward, reference_forward
+
+EOS = 151645
+PAD = 151643  # Qwen's <|endoftext|>: also a real token that can appear inside a response
+
+
+@pytest.fixture(scope="module")
+def model64():
+    return make_tiny_qwen(dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def pairs(qwen_tokenizer):
+    """Responses of different lengths; one ends with EOS, one contains the pad id as a real token."""
+    tok = qwen_tokenizer
+    prompts = ["What is 2+3?", "Name a prime number larger than ten.", "Hi"]
+    responses = ["2+3 = 5.", "Eleven is prime, and so is thirteen", "Hello there"]
+    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    response_ids = [tok(r, add_special_tokens=False)["input_ids"] for r in responses]
+    response_ids[0] = response_ids[0] + [EOS]
+    response_ids[2] = response_ids[2] + [PAD, EOS]
+    return prompt_ids, response_ids
+
+
+def brute_force(
+    model, prompt: list[int], response: list[int], alpha: float
+) -> tuple[list[float], list[float]]:
+    """A Python loop over positions, one unpadded sequence at a time: r_h = alpha*(z_h[a_h] - lse(z_{h+1}))."""
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].double()  # [T, V]
+    rewards, logprobs = [], []
+    for h, token in enumerate(response):
+        pos = len(prompt) - 1 + h  # the position whose logits predict response token h
+        z_h = logits[pos]
+        next_lse = torch.logsumexp(logits[pos + 1], 0).item() if h + 1 < len(response) else 0.0
+        rewards.append(alpha * (z_h[token].item() - next_lse))
+        logprobs.append(z_h[token].item() - torch.logsumexp(z_h, 0).item())
+    return rewards, logprobs
+
+
+def test_token_rewards_match_brute_force(model64, pairs):
+    prompt_ids, response_ids = pairs
+    out = reference_forward(model64, pack(prompt_ids, response_ids, PAD), alpha=0.7, chunk_size=5)
+    for b, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        want_r, want_lp = brute_force(model64, p, r, alpha=0.7)
+        torch.testing.assert_close(
+            out.token_rewards_BL[b, : len(r)], torch.tensor(want_r, dtype=torch.float64)
+        )
+        torch.testing.assert_close(out.logprobs_BL[b, : len(r)], torch.tensor(want_lp, dtype=torch.float64))
+        assert out.token_rewards_BL[b, len(r) :].abs().sum() == 0
+        assert out.mask_BL[b].sum() == len(r)  # EOS and the in-response pad id are both scored
+
+
+def test_sequence_reward_telescopes(model64, pairs):
+    """sum_h r_h = alpha * (log pi(y|x) + logsumexp(z_1))."""
+    prompt_ids, response_ids = pairs
+    alpha = 1.3
+    out = reference_forward(model64, pack(prompt_ids, response_ids, PAD), alpha=alpha)
+    for b, p in enumerate(prompt_ids):
+        with torch.no_grad():
+            z_1 = model64(input_ids=torch.tensor([p])).logits[0, -1].double()
+        want = alpha * (out.logprobs_BL[b].sum() + torch.logsumexp(z_1, 0))
+        torch.testing.assert_close(out.rewards_B[b], want)
+
+
+def test_left_and_right_padding_agree(model64, pairs):
+    prompt_ids, response_ids = pairs
+    right = reference_forward(model64, pack(prompt_ids, response_ids, PAD, "right"), alpha=1.0)
+    left = reference_forward(model64, pack(prompt_ids, response_ids, PAD, "left"), alpha=1.0)
+    torch.testing.assert_close(left.token_rewards_BL, right.token_rewards_BL)
+    torch.testing.assert_close(left.logprobs_BL, right.logprobs_BL)
+
+
+def test_batched_equals_one_at_a_time(model64, pairs):
+    prompt_ids, response_ids = pairs
+    batched = reference_forward(model64, pack(prompt_ids, response_ids, PAD), alpha=1.0)
+    for b, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        single = reference_forward(model64, pack([p], [r], PAD), alpha=1.0)
+        torch.testing.assert_close(batched.token_rewards_BL[b, : len(r)], single.token_rewards_BL[0])
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 4096])
+def test_chunked_equals_naive(pairs, chunk_size):
+    model = make_tiny_qwen(dtype=torch.float32, seed=1)
+    prompt_ids, response_ids = pairs
+    batch = pack(prompt_ids, response_ids, PAD)
+    with torch.no_grad():
+        chunked = reference_forward(model, batch, alpha=1.0, chunk_size=chunk_size)
+        naive = naive_reference_forward(model, batch, alpha=1.0)
+    torch.testing.assert_close(chunked.token_rewards_BL, naive.token_rewards_BL, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(chunked.logprobs_BL, naive.logprobs_BL, rtol=1e-5, atol=1e-4)
+
+
+def test_alpha_scales_rewards_linearly(model64, pairs):
+    prompt_ids, response_ids = pairs
+    batch = pack(prompt_ids, response_ids, PAD)
+    one = reference_forward(model64, batch, alpha=1.0)
+    for alpha in (0.1, 2.5):
+        scaled = reference_forward(model64, batch, alpha=alpha)
+        torch.testing.assert_close(scaled.token_rewards_BL, alpha * one.token_rewards_BL)
+        torch.testing.assert_close(scaled.logprobs_BL, one.logprobs_BL)  # log-probs do not depend on alpha
+
+
+def test_reward_functions_by_hand():
+    """Two responses of lengths 3 and 1, logits stats given directly."""
+    chosen = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
+    lse = torch.tensor([[5.0, 6.0, 7.0], [8.0, 9.0, 9.0]])
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    rewards = reward.endogenous_token_rewards(chosen, lse, mask, alpha=2.0)
+    torch.testing.assert_close(rewards, torch.tensor([[2 * (1 - 6.0), 2 * (2 - 7.0), 2 * 3.0], [8.0, 0, 0]]))
+    logprobs = reward.token_logprobs(chosen, lse, mask)
+    torch.testing.assert_close(logprobs, torch.tensor([[-4.0, -4.0, -4.0], [-4.0, 0, 0]]))
+    with pytest.raises(ValueError, match="alpha"):
+        reward.endogenous_token_rewards(chosen, lse, mask, alpha=0.0)
+
+
+def test_logit_stats_against_log_softmax():
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(11, 8, dtype=torch.float64), torch.randn(50, 8, dtype=torch.float64)
+    bias, targets = torch.randn(50, dtype=torch.float64), torch.randint(0, 50, (11,))
+    chosen, lse = reward.logit_stats(hidden, weight, targets, bias, chunk_size=3)
+    logits = hidden @ weight.T + bias
+    torch.testing.assert_close(chosen - lse, torch.log_softmax(logits, -1)[torch.arange(11), targets])
+
+
+def test_score_each_keeps_input_order(qwen_tokenizer, pairs):
+    prompt_ids, response_ids = pairs
+    ref = ReferenceModel(make_tiny_qwen(dtype=torch.float64), qwen_tokenizer, alpha=1.0, batch_size=2)
+    scored = ref.score_each(prompt_ids, response_ids)
+    for s, p, r in zip(scored, prompt_ids, response_ids):
+        want, _ = brute_force(ref.model, p, r, 1.0)
+        assert s.token_ids == r
+        assert s.reward == pytest.approx(math.fsum(want), rel=1e-9)
