@@ -5,6 +5,7 @@ Load with `endo_rl.config.load(path, overrides)`; unknown keys and wrong types a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -106,6 +107,8 @@ class GenerationConfig:
     """Nucleus sampling threshold."""
     top_k: int = 0
     """Top-k sampling (0: off)."""
+    batch_size: int = 64
+    """Sequences per `generate` call during rollouts."""
 
 
 @dataclass
@@ -131,9 +134,17 @@ class AlgoConfig:
     loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
     """Average the loss over all tokens, or per sequence then over sequences."""
     scale_rewards: bool = True
-    """GRPO: divide group-centred rewards by the group's std."""
+    """GRPO: divide group-centred rewards by the group's std (false: Dr. GRPO)."""
+    whiten_advantages: bool = True
+    """PPO: normalize advantages to mean 0, std 1 over the whole step (all ranks)."""
     ppo_epochs: int = 1
-    """Passes over each rollout batch."""
+    """Passes over each rollout batch; each pass is one optimizer step."""
+
+    def __post_init__(self):
+        if self.name == "grpo" and self.group_size < 2:
+            raise UserError(f"config key 'algo.group_size' must be >= 2 for GRPO, got {self.group_size}")
+        if self.group_size < 1 or self.ppo_epochs < 1:
+            raise UserError("config keys 'algo.group_size' and 'algo.ppo_epochs' must be >= 1")
 
 
 @dataclass
@@ -158,6 +169,13 @@ class TrainConfig:
     """Checkpoints kept in output_dir/checkpoints."""
     on_nonfinite: Literal["error", "skip"] = "error"
     """NaN/Inf in rewards, advantages, loss or gradients: stop, or skip the batch and count it."""
+
+    def __post_init__(self):
+        for key in ("max_steps", "prompts_per_step", "micro_batch_size", "keep_last"):
+            if getattr(self, key) < 1:
+                raise UserError(f"config key 'train.{key}' must be >= 1, got {getattr(self, key)}")
+        if self.save_every < 0:
+            raise UserError(f"config key 'train.save_every' must be >= 0, got {self.save_every}")
 
 
 @dataclass
@@ -211,6 +229,35 @@ class ExperimentConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
-def load(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
-    """A recipe (optional) plus `key.sub=value` overrides -> a validated ExperimentConfig."""
-    return config_loader.load(ExperimentConfig, path, overrides)
+def check_batch_sizes(cfg: ExperimentConfig, world_size: int) -> None:
+    """Every rank gets whole prompt groups and a whole number of micro-batches; the message shows the numbers."""
+    t, group = cfg.train, cfg.algo.group_size
+    if t.prompts_per_step % world_size:
+        raise UserError(
+            f"train.prompts_per_step={t.prompts_per_step} is not divisible by the world size {world_size} "
+            "(each process samples whole groups of responses for its own prompts)"
+        )
+    sequences = t.prompts_per_step * group
+    if sequences % (world_size * t.micro_batch_size):
+        raise UserError(
+            f"train.prompts_per_step x algo.group_size = {t.prompts_per_step} x {group} = {sequences} sequences "
+            f"per step is not divisible by world size x train.micro_batch_size = {world_size} x "
+            f"{t.micro_batch_size} = {world_size * t.micro_batch_size}"
+        )
+
+
+def world_size_from_env() -> int:
+    """The number of processes `accelerate launch` / torchrun started (1 for a plain `python` run)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def load(
+    path: str | Path | None = None, overrides: list[str] = (), world_size: int | None = None
+) -> ExperimentConfig:
+    """A recipe (optional) plus `key.sub=value` overrides -> a validated ExperimentConfig.
+
+    `world_size` (default: from the environment) is used to check the batch-size arithmetic.
+    """
+    cfg = config_loader.load(ExperimentConfig, path, overrides)
+    check_batch_sizes(cfg, world_size_from_env() if world_size is None else world_size)
+    return cfg

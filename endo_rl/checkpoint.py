@@ -1,0 +1,92 @@
+"""Step checkpoints that are either complete or absent, and the final Hugging Face export.
+
+    OUTPUT_DIR/checkpoints/step-N/   model.safetensors (policy + value head), optimizer, scheduler,
+                                     random_states_<rank>.pkl (python, numpy, torch, cuda), trainer_state.json
+    OUTPUT_DIR/final/                the policy in Hugging Face format (LoRA merged, or the adapter alone)
+
+A checkpoint is written to `checkpoints/.tmp-step-N/` and renamed to `step-N/` only when every rank has
+finished writing and `trainer_state.json` (the data position and counters) is in place; a rename within one
+directory is atomic, so a run killed mid-save leaves a stray temp dir, never a half checkpoint that resume
+would pick. Only the newest `train.keep_last` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from endo_rl import distributed
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoints_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoints_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found) if (p / STATE_FILE).is_file()]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    done = complete_checkpoints(output_dir)
+    return done[-1] if done else None
+
+
+def save(accelerator: Accelerator, output_dir: str | Path, step: int, state: dict, keep_last: int) -> Path:
+    """Write checkpoint `step` atomically (collective: call on every rank). Returns its final path."""
+    root = checkpoints_dir(output_dir)
+    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    distributed.save_state(accelerator, tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
+        if final.exists():  # re-saving a step (e.g. the end of a resumed run that had nothing left to do)
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in complete_checkpoints(output_dir)[:-keep_last]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load(accelerator: Accelerator, path: Path) -> dict:
+    """Restore model, optimizer, scheduler and RNG states; returns the trainer state (step, data position)."""
+    distributed.load_state(accelerator, path)
+    return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def export_final(
+    accelerator: Accelerator, model, out_dir: Path, tokenizer, lora_save: str | None, load_base
+) -> Path:
+    """Write the policy LM (no value head) in Hugging Face format (collective: call on every rank).
+
+    `lora_save`: None (full fine-tuning), "adapter" or "merged"; `load_base()` returns a fresh base model,
+    used only to merge a LoRA adapter (so the sharded training copy is never merged in place).
+    """
+    state = distributed.full_state_dict(accelerator, model)
+    if accelerator.is_main_process:
+        lm_state = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")}
+        lm = distributed.unwrap(accelerator, model).lm
+        if lora_save == "merged":
+            lm = distributed.merge_lora(load_base(), lm, lm_state)
+            lm_state = lm.state_dict()
+        shutil.rmtree(out_dir, ignore_errors=True)
+        lm.save_pretrained(out_dir, state_dict=lm_state)
+        tokenizer.save_pretrained(out_dir)
+    accelerator.wait_for_everyone()
+    return out_dir

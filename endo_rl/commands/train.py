@@ -1,0 +1,25 @@
+"""`endo-rl train RECIPE.yaml [key.sub=value ...]`: RL fine-tuning from a recipe.
+
+Runs as one process (`endo-rl train ...`) or under `accelerate launch -m endo_rl.cli train ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="YAML recipe (see recipes/)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="override recipe keys, e.g. train.max_steps=10"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from endo_rl import config
+    from endo_rl.trainer import run as train
+
+    cfg = config.load(args.recipe, args.overrides)
+    final = train(cfg)
+    print(f"final policy: {final}")
+    return 0

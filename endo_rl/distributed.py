@@ -1,0 +1,130 @@
+"""The one module that touches accelerate, DeepSpeed and peft; the trainer never asks where it runs.
+
+It runs as a plain single CPU/GPU process (`python -m endo_rl.cli train ...`) and unchanged under
+`accelerate launch` with DDP or DeepSpeed ZeRO-2/3 (configs in launch/accelerate/). Gradient accumulation is
+driven by accelerate (`accumulate` + `backward`), so DeepSpeed's own accumulation counter and ours agree;
+DeepSpeed's micro-batch size, accumulation steps and gradient clipping are set here from the recipe, never
+"auto" (there is no prepared dataloader for accelerate to infer them from).
+
+ZeRO-3: generation and the no-grad scoring passes run inside TRL's `unwrap_model_for_generation`, which
+gathers the full parameters once per rollout and releases them afterwards (PITFALLS: gather once, generate,
+release). A separate frozen reference model is a plain replica on every GPU, not sharded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+
+from endo_rl.config import LoraConfig
+
+
+def make_accelerator(grad_accum_steps: int, micro_batch_size: int, max_grad_norm: float) -> Accelerator:
+    """An Accelerator for this process (plain or launched); DeepSpeed batch settings fixed from the recipe."""
+    accelerator = Accelerator(gradient_accumulation_steps=grad_accum_steps)
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        plugin.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=micro_batch_size,
+            gradient_accumulation_steps=grad_accum_steps,
+            gradient_clipping=max_grad_norm,
+            train_batch_size=micro_batch_size * grad_accum_steps * accelerator.num_processes,
+        )
+    return accelerator
+
+
+def is_deepspeed(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def zero_stage(accelerator: Accelerator) -> int:
+    return accelerator.state.deepspeed_plugin.zero_stage if is_deepspeed(accelerator) else 0
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    """Python, NumPy and torch (all devices) RNGs; each rank gets its own stream so rollouts differ."""
+    s = seed + rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
+    """Wrap the model in a peft LoRA adapter; the base weights are frozen."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def adapter_disabled(lm: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """The base model's forward, from the same weights: the LoRA adapter switched off."""
+    return lm.disable_adapter()
+
+
+@contextlib.contextmanager
+def gathered_for_generation(model: torch.nn.Module, accelerator: Accelerator) -> Iterator[torch.nn.Module]:
+    """The unwrapped model with full parameters (gathered once under ZeRO-3), in eval mode."""
+    from trl.models.utils import unwrap_model_for_generation
+
+    with unwrap_model_for_generation(model, accelerator) as unwrapped:
+        unwrapped.eval()
+        try:
+            yield unwrapped
+        finally:
+            unwrapped.train()
+
+
+def sum_over_ranks(accelerator: Accelerator, x: torch.Tensor) -> torch.Tensor:
+    """Elementwise sum over processes (identity for one process)."""
+    if accelerator.num_processes == 1:
+        return x
+    return accelerator.reduce(x.to(accelerator.device), reduction="sum").to(x.device)
+
+
+def any_rank(accelerator: Accelerator, flag: bool) -> bool:
+    """True when `flag` is True on any process (so every process takes the same branch)."""
+    return bool(sum_over_ranks(accelerator, torch.tensor([float(flag)])).item() > 0)
+
+
+def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    return accelerator.unwrap_model(model)
+
+
+def full_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The complete state dict on the main process (gathers ZeRO-3 shards; collective: call on every rank)."""
+    return accelerator.get_state_dict(model)
+
+
+def save_state(accelerator: Accelerator, directory: Path) -> None:
+    """Model, optimizer, scheduler and every rank's RNG states (collective; DeepSpeed writes its shards)."""
+    accelerator.save_state(str(directory), safe_serialization=True)
+
+
+def load_state(accelerator: Accelerator, directory: Path) -> None:
+    accelerator.load_state(str(directory))
+
+
+def merge_lora(
+    base: torch.nn.Module, trained: torch.nn.Module, state: dict[str, torch.Tensor]
+) -> torch.nn.Module:
+    """A fresh base model with the trained adapter (from `state`, keys as in `trained`) merged in."""
+    from peft import get_peft_model
+
+    fresh = get_peft_model(base, trained.peft_config["default"])
+    fresh.load_state_dict(state, strict=True)
+    return fresh.merge_and_unload()

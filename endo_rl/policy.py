@@ -1,0 +1,87 @@
+"""The trained module: the policy LM plus (for PPO) a value head on the same trunk, as one nn.Module.
+
+One module, so accelerate/DeepSpeed prepare a single model and optimizer, and DDP sees every gradient.
+`forward` runs the decoder once, gathers the hidden states at the positions that predict response tokens and
+applies the LM head to those only: the [B, T, V] logits over prompt tokens never exist.
+
+Critic design: a linear value head V(s_h) = w . h_h + b on the policy's final hidden state (shared trunk, as in
+InstructGPT-style PPO implementations), initialised to zero so values start at 0. The value loss therefore
+also trains the trunk (or the LoRA adapter); `algo.vf_coef` sets its weight.
+
+Shape legend: B batch, T sequence, L response length, D hidden, V vocab, N response tokens in the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _hidden_size(lm: nn.Module) -> int:
+    return lm.get_output_embeddings().weight.shape[1]
+
+
+class PolicyModel(nn.Module):
+    def __init__(self, lm: nn.Module, value_head: bool, hidden_size: int | None = None):
+        super().__init__()
+        self.lm = lm
+        self.value_head = None
+        if value_head:
+            dtype = next(lm.parameters()).dtype
+            self.value_head = nn.Linear(hidden_size or _hidden_size(lm), 1, dtype=dtype)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+
+    # what TRL's unwrap_model_for_generation expects of a model: checkpointing is off while generating
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        # what transformers' own (renamed, deprecated) property computes, read the same way in 5.17 and 5.23
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.lm.modules())
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.lm.gradient_checkpointing_disable()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def forward(
+        self,
+        input_ids_BT: torch.Tensor,
+        attention_mask_BT: torch.Tensor,
+        position_ids_BT: torch.Tensor,
+        predictor_index_BL: torch.Tensor,
+        response_mask_BL: torch.Tensor,
+        response_ids_BL: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Per response token: log-probs (with grad), entropy (no grad) and values; zero outside the mask."""
+        hidden_BTD = self.lm.get_decoder()(
+            input_ids=input_ids_BT,
+            attention_mask=attention_mask_BT,
+            position_ids=position_ids_BT,
+            use_cache=False,
+        ).last_hidden_state
+        index_BLD = predictor_index_BL[..., None].expand(-1, -1, hidden_BTD.shape[-1])
+        hidden_ND = hidden_BTD.gather(1, index_BLD)[response_mask_BL]
+        # the head module (not its weight) is called so ZeRO-3 can gather it; reduced in float32
+        logits_NV = self.lm.get_output_embeddings()(hidden_ND).float()
+        logprobs_NV = F.log_softmax(logits_NV, dim=-1)
+        out = {
+            "logprobs_BL": _scatter(
+                logprobs_NV.gather(-1, response_ids_BL[response_mask_BL, None])[:, 0], response_mask_BL
+            ),
+        }
+        with torch.no_grad():
+            entropy_N = -(logprobs_NV.exp() * logprobs_NV).sum(-1)
+            out["entropy_BL"] = _scatter(entropy_N, response_mask_BL)
+        if self.value_head is not None:
+            values_N = self.value_head(hidden_ND.to(self.value_head.weight.dtype))[:, 0].float()
+            out["values_BL"] = _scatter(values_N, response_mask_BL)
+        return out
+
+
+def _scatter(x_N: torch.Tensor, mask_BL: torch.Tensor) -> torch.Tensor:
+    """Flat per-token values back into response layout, zero outside the mask."""
+    out_BL = torch.zeros(mask_BL.shape, dtype=x_N.dtype, device=x_N.device)
+    out_BL[mask_BL] = x_N
+    return out_BL

@@ -1,0 +1,102 @@
+"""A rollout batch and the no-grad passes that fill it: policy (old log-probs, values) and reference (KL, reward).
+
+The reference pass is `refmodel.reference_forward`: ONE forward of the frozen model gives both the reference
+log-probs for the KL term and the endogenous token rewards. Only when the reward model sees a different prompt
+(`reward.endogenous.system_prompt`) or is a different model (`reward.endogenous.model`) is there a second
+forward, for the reward alone; the KL always uses the policy's own prompt and the reference model.
+
+Sequences are processed in micro-batches, each packed to its own length, and the results padded into one
+[B, L] tensor per quantity (response layout, zero past each response).
+
+Shape legend: B sequences on this process, L longest response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from endo_rl.batch import PackedBatch, pack
+from endo_rl.refmodel import reference_forward
+
+
+@dataclass
+class Rollout:
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    truncated_B: torch.Tensor
+    mask_BL: torch.Tensor
+    ref_logprobs_BL: torch.Tensor
+    endogenous_BL: torch.Tensor
+    """Endogenous token rewards r_h (unweighted)."""
+    old_logprobs_BL: torch.Tensor | None = None
+    """Policy log-probs at sampling time; None when the update is exactly on-policy (one pass, detach)."""
+    old_values_BL: torch.Tensor | None = None
+    correctness_B: torch.Tensor | None = None
+    length_penalty_B: torch.Tensor | None = None
+    rewards_BL: torch.Tensor | None = None
+    """Total token rewards, the KL penalty included when kl_mode=reward."""
+    advantages_BL: torch.Tensor | None = None
+    returns_BL: torch.Tensor | None = None
+
+
+def micro_batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def pad_cat(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Concatenate [b_i, l_i] tensors along rows, zero-padding each to `width` columns."""
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+
+
+def packed(
+    prompt_ids: list[list[int]], response_ids: list[list[int]], rows: slice, pad_id: int, device
+) -> PackedBatch:
+    return pack(prompt_ids[rows], response_ids[rows], pad_id).to(device)
+
+
+@torch.no_grad()
+def reference_pass(
+    lm: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    pad_id: int,
+    alpha: float,
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reference log-probs, endogenous token rewards) from one forward per micro-batch, [B, L] on CPU."""
+    device = next(lm.parameters()).device
+    width = max(len(r) for r in response_ids)
+    logprobs, rewards = [], []
+    for rows in micro_batches(len(response_ids), batch_size):
+        out = reference_forward(lm, packed(prompt_ids, response_ids, rows, pad_id, device), alpha)
+        logprobs.append(out.logprobs_BL.float().cpu())
+        rewards.append(out.token_rewards_BL.float().cpu())
+    return pad_cat(logprobs, width), pad_cat(rewards, width)
+
+
+@torch.no_grad()
+def policy_pass(
+    forward: Callable[..., dict[str, torch.Tensor]],
+    device: torch.device,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    pad_id: int,
+    batch_size: int,
+) -> dict[str, torch.Tensor]:
+    """The policy's log-probs (and values, with a value head) at sampling time, [B, L] on CPU."""
+    width = max(len(r) for r in response_ids)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for rows in micro_batches(len(response_ids), batch_size):
+        out = forward(**vars(packed(prompt_ids, response_ids, rows, pad_id, device)))
+        for key, value in out.items():
+            parts.setdefault(key, []).append(value.float().cpu())
+    return {key: pad_cat(values, width) for key, values in parts.items()}
+
+
+def response_mask(response_ids: list[list[int]]) -> torch.Tensor:
+    """From lengths, never from pad ids (Qwen's pad id is its EOS)."""
+    lengths = torch.tensor([len(r) for r in response_ids])
+    return torch.arange(int(lengths.max()))[None] < lengths[:, None]
