@@ -42,6 +42,38 @@ def _cut(row: list[int], stop_ids: set[int], max_new_tokens: int) -> tuple[list[
     return row[:max_new_tokens], True
 
 
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, p in enumerate(prompts):
+        input_ids[row, width - len(p) :] = torch.tensor(list(p))
+        attention_mask[row, width - len(p) :] = 1
+    return input_ids, attention_mask
+
+
+def _hf_rows(model, prompts, sampling: SamplingConfig, stop_ids, pad_id: int) -> list[list[int]]:
+    """HF generate on one left-padded micro-batch; the generated columns of each row."""
+    greedy = sampling.temperature == 0
+    kwargs = dict(
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=not greedy,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
+    if greedy:  # unset the model's own sampling defaults so greedy really is greedy and quiet
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    else:
+        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+    device = next(model.parameters()).device
+    input_ids, attention_mask = left_pad(prompts, pad_id)
+    sequences = model.generate(
+        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs
+    )
+    return sequences[:, input_ids.shape[1] :].tolist()
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -51,41 +83,33 @@ def generate(
     pad_id: int,
     batch_size: int = 16,
     progress: bool = False,
+    backend: str = "hf",
 ) -> list[Completion]:
     """One completion per prompt (repeat a prompt to sample it several times), in input order.
 
-    Prompts are sorted by length into micro-batches of `batch_size` and left-padded.
+    Prompts are sorted by length into micro-batches of `batch_size` and left-padded. `backend="static"` decodes
+    with a preallocated KV cache and CUDA graphs (`endo_rl.static_decode`; Llama/Qwen2-style models only).
     """
-    device = next(model.parameters()).device
+    if backend not in ("hf", "static"):
+        raise ValueError(f"generation backend must be 'hf' or 'static', got {backend!r}")
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    decoder = None
+    if backend == "static":
+        from endo_rl import static_decode
+
+        max_len = max(len(p) for p in prompt_ids) + sampling.max_new_tokens
+        decoder = static_decode.StaticDecoder(model, min(batch_size, len(order)), max_len)
     out: list[Completion | None] = [None] * len(order)
-    greedy = sampling.temperature == 0
-    kwargs = dict(
-        max_new_tokens=sampling.max_new_tokens,
-        do_sample=not greedy,
-        eos_token_id=list(stop_ids),
-        pad_token_id=pad_id,
-        use_cache=True,
-    )
-    if not greedy:
-        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-    else:  # unset the model's own sampling defaults so greedy really is greedy and quiet
-        kwargs.update(temperature=None, top_p=None, top_k=None)
     bar = tqdm(total=len(order), desc="generating", unit="seq", disable=not progress)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(prompt_ids[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, i in enumerate(idx):
-            n = len(prompt_ids[i])
-            input_ids[row, width - n :] = torch.tensor(list(prompt_ids[i]))
-            attention_mask[row, width - n :] = 1
-        sequences = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs
-        )
-        for row, i in enumerate(idx):
-            tokens, truncated = _cut(sequences[row, width:].tolist(), set(stop_ids), sampling.max_new_tokens)
+        prompts = [prompt_ids[i] for i in idx]
+        if decoder is None:
+            rows = _hf_rows(model, prompts, sampling, stop_ids, pad_id)
+        else:
+            rows = static_decode.generate_rows(decoder, prompts, sampling, stop_ids, pad_id)
+        for row, i in zip(rows, idx, strict=True):
+            tokens, truncated = _cut(row, set(stop_ids), sampling.max_new_tokens)
             out[i] = Completion(prompt_index=i, token_ids=tokens, truncated=truncated)
         bar.update(len(idx))
     bar.close()

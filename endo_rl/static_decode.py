@@ -1,0 +1,192 @@
+"""Fast decoding for Llama/Qwen2-style decoders: a preallocated KV cache and one CUDA graph per decode step.
+
+HF `generate` with its dynamic cache spends most of a decode step in Python and small kernel launches
+(about 20 ms per token at 7B on an H200 against a 3.5 ms weight-read floor). Here the decode step has fixed
+shapes (batch, one token, the whole cache length), so on CUDA it is captured once as a CUDA graph and replayed:
+one launch per token. The model's own modules do the projections, norms, MLPs and rotary tables; only the
+attention over the static cache and the cache writes are ours.
+
+Prompts are left-padded; cache slot s holds the token at padded column s. A key is visible when it is not
+padding and not in the future, kept in `key_valid_BS`, which the graph reads from a fixed buffer.
+
+Shape legend: B batch, S cache length (prompt width + max new tokens), P prompt width, H heads, K KV heads,
+d head dim, D hidden, V vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from endo_rl.generation import left_pad
+
+SUPPORTED = ("llama", "qwen2", "mistral")
+
+
+def supports(model: torch.nn.Module) -> bool:
+    """Plain pre-norm decoders without per-head q/k norms, sliding windows or logit soft-capping."""
+    cfg = model.config
+    return (
+        cfg.model_type in SUPPORTED
+        and not getattr(cfg, "use_sliding_window", False)
+        and getattr(cfg, "final_logit_softcapping", None) is None
+    )
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class StaticDecoder:
+    """Prefill + decode with a static KV cache for one batch shape (batch size, cache length)."""
+
+    def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int, use_cuda_graph: bool = True):
+        cfg = model.config
+        self.model, self.backbone = model, model.get_decoder()
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        shape = (len(self.backbone.layers), batch_size, self.n_kv, max_len, self.head_dim)
+        self.k_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self.v_cache = torch.zeros_like(self.k_cache)
+        self.key_valid_BS = torch.zeros(batch_size, max_len, dtype=torch.bool, device=self.device)
+        # fixed input/output buffers of the decode step (what a CUDA graph reads and writes)
+        self.token_B1 = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
+        self.position_B1 = torch.zeros_like(self.token_B1)
+        self.slot_1 = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.logits_BV: torch.Tensor | None = None
+        self.use_cuda_graph = use_cuda_graph and self.device.type == "cuda"
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def _attention(self, layer, x_BTD, cos, sin, slots: torch.Tensor | slice, mask_B1TS) -> torch.Tensor:
+        attn, (B, T, _) = layer.self_attn, x_BTD.shape
+        q = attn.q_proj(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(x_BTD).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(x_BTD).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        idx = attn.layer_idx
+        if isinstance(slots, slice):
+            self.k_cache[idx, :, :, slots], self.v_cache[idx, :, :, slots] = k, v
+        else:  # index_copy_ with a tensor index keeps the decode step capturable
+            self.k_cache[idx].index_copy_(2, slots, k)
+            self.v_cache[idx].index_copy_(2, slots, v)
+        keys, values = self.k_cache[idx], self.v_cache[idx]
+        if isinstance(slots, slice):  # prefill attends to the prompt columns only
+            keys, values = keys[:, :, slots], values[:, :, slots]
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask_B1TS, scale=attn.scaling, enable_gqa=self.n_kv != self.n_heads
+        )
+        return attn.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+    def _forward(self, ids_BT, position_BT, slots, mask_B1TS) -> torch.Tensor:
+        """Decoder layers + final norm + LM head at the last column: logits [B, V] (float32)."""
+        x = self.backbone.embed_tokens(ids_BT)
+        cos, sin = self.backbone.rotary_emb(x, position_BT)
+        for layer in self.backbone.layers:
+            x = x + self._attention(layer, layer.input_layernorm(x), cos, sin, slots, mask_B1TS)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        x = self.backbone.norm(x[:, -1])
+        return self.model.get_output_embeddings()(x).float()
+
+    @torch.no_grad()
+    def prefill(self, input_ids_BP: torch.Tensor, attention_mask_BP: torch.Tensor) -> torch.Tensor:
+        """Run the left-padded prompts, fill cache columns [0, P); returns next-token logits [B, V]."""
+        B, P = input_ids_BP.shape
+        valid = attention_mask_BP.bool()
+        self.key_valid_BS.zero_()
+        self.key_valid_BS[:, :P] = valid
+        position_BP = (attention_mask_BP.long().cumsum(-1) - 1).clamp(min=0)
+        causal_PP = torch.ones(P, P, dtype=torch.bool, device=self.device).tril()
+        # a padded query row would see no key at all (NaN in SDPA): let it see itself
+        mask_B1PP = (causal_PP & valid[:, None, :]) | torch.eye(P, dtype=torch.bool, device=self.device)
+        logits = self._forward(input_ids_BP, position_BP, slice(0, P), mask_B1PP[:, None])
+        self.position_B1.copy_(position_BP[:, -1:] + 1)
+        self.slot_1.fill_(P)
+        return logits
+
+    def _decode_step(self) -> None:
+        self.key_valid_BS.index_fill_(1, self.slot_1, True)
+        mask_B11S = self.key_valid_BS[:, None, None, :]
+        self.logits_BV = self._forward(self.token_B1, self.position_B1, self.slot_1, mask_B11S)
+
+    def _capture(self) -> None:
+        saved = [t.clone() for t in (self.key_valid_BS, self.slot_1, self.position_B1)]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up on a side stream, as CUDA graph capture requires
+                self._decode_step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._decode_step()
+        for buf, value in zip((self.key_valid_BS, self.slot_1, self.position_B1), saved, strict=True):
+            buf.copy_(value)
+
+    @torch.no_grad()
+    def decode(self, token_B: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row at the next cache slot; returns next-token logits [B, V]."""
+        self.token_B1.copy_(token_B[:, None])
+        if self.use_cuda_graph:
+            if self.graph is None:
+                self._capture()
+            self.graph.replay()
+        else:
+            self._decode_step()
+        self.position_B1 += 1
+        self.slot_1 += 1
+        return self.logits_BV
+
+
+def sample(logits_BV: torch.Tensor, temperature: float, top_p: float, top_k: int) -> torch.Tensor:
+    """Greedy at temperature 0; otherwise temperature, then top-k, then nucleus (top-p) sampling."""
+    if temperature == 0:
+        return logits_BV.argmax(-1)
+    logits_BV = logits_BV / temperature
+    if top_k > 0:
+        kth = logits_BV.topk(min(top_k, logits_BV.shape[-1]), dim=-1).values[:, -1:]
+        logits_BV = logits_BV.masked_fill(logits_BV < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_BV, order_BV = logits_BV.sort(dim=-1, descending=True)
+        cumulative = sorted_BV.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_BV.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
+        logits_BV = logits_BV.scatter(-1, order_BV, sorted_BV.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits_BV.softmax(-1), 1).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_rows(
+    decoder: StaticDecoder,
+    prompt_ids: Sequence[Sequence[int]],
+    sampling,
+    stop_ids: Sequence[int],
+    pad_id: int,
+) -> list[list[int]]:
+    """Prefill one micro-batch and decode until every row stopped or `sampling.max_new_tokens`.
+
+    A micro-batch smaller than the decoder's batch is filled with copies of its first prompt (dropped after),
+    so the captured CUDA graph keeps one shape.
+    """
+    n, B = len(prompt_ids), decoder.token_B1.shape[0]
+    prompts = list(prompt_ids) + [prompt_ids[0]] * (B - n)
+    ids, mask = left_pad(prompts, pad_id)
+    logits = decoder.prefill(ids.to(decoder.device), mask.to(decoder.device))
+    stop = torch.tensor(list(stop_ids), device=decoder.device)
+    done = torch.zeros(B, dtype=torch.bool, device=decoder.device)
+    max_new = sampling.max_new_tokens
+    out = torch.full((B, max_new), pad_id, dtype=torch.long, device=decoder.device)
+    for t in range(max_new):
+        token = sample(logits, sampling.temperature, sampling.top_p, sampling.top_k).masked_fill(done, pad_id)
+        out[:, t] = token
+        done |= torch.isin(token, stop)
+        if t % 16 == 15 and bool(done[:n].all()):  # a host sync every 16 tokens, not every token
+            break
+        if t + 1 < max_new:
+            logits = decoder.decode(token)
+    return out[:n].tolist()
