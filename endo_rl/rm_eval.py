@@ -20,6 +20,9 @@ from collections.abc import Sequence
 
 Matrix = list[list[float]]
 
+METHODS = ("endogenous", "loglik_norm", "verifier", "genrm_pointwise", "genrm_pairwise")
+"""Method names, in table order (implemented in `rm_methods`)."""
+
 
 def win_matrix(chosen_scores: Sequence[float], rejected_scores: Sequence[float]) -> Matrix:
     """W[i][j] = 1.0 if chosen i scores strictly higher than rejected j (ties and NaN are wrong)."""

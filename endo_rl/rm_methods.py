@@ -27,8 +27,7 @@ from endo_rl import scoring
 from endo_rl.batch import pack
 from endo_rl.errors import UserError
 from endo_rl.refmodel import ReferenceModel, final_hidden_states, gather_response_hidden
-
-METHODS = ("endogenous", "loglik_norm", "verifier", "genrm_pointwise", "genrm_pairwise")
+from endo_rl.rm_eval import METHODS  # noqa: F401  (re-exported: the method names live with the pure code)
 
 VERIFIER_TEMPLATE = (
     "Here is a question and a response to it.\n\nQuestion:\n{prompt}\n\nResponse:\n{response}\n\n"
@@ -111,7 +110,8 @@ def next_token_logprobs(
     device = next(model.parameters()).device
     batch = pack([list(p) for p in prompt_ids], responses, pad_id).to(device)
     hidden_ND = gather_response_hidden(final_hidden_states(model, batch), batch)
-    logits_ND = model.get_output_embeddings()(hidden_ND).float()
+    logits_ND = model.get_output_embeddings()(hidden_ND)
+    logits_ND = logits_ND.to(torch.promote_types(logits_ND.dtype, torch.float32))  # keep float64 when given
     return logits_ND.log_softmax(-1).view(B, K, -1)
 
 

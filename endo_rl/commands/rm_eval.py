@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from endo_rl.errors import UserError
-from endo_rl.rm_methods import METHODS
+from endo_rl.rm_eval import METHODS
 
 RESULTS_VERSION = 1
 """Bumped when the stored per-item scores change meaning (templates, score definitions)."""
