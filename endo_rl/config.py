@@ -157,6 +157,8 @@ class TrainConfig:
     """Sequences per forward/backward pass (gradient accumulation covers the rest)."""
     lr: float = 1e-6
     """Peak learning rate (AdamW)."""
+    value_head_lr: float | None = None
+    """PPO: learning rate of the value head (it starts at zero); None: train.lr. The shared trunk uses train.lr."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_steps: int = 0

@@ -144,14 +144,25 @@ class Trainer:
                 lm.enable_input_require_grads()
         policy = PolicyModel(lm, value_head=cfg.algo.name == "ppo")
         optimizer = torch.optim.AdamW(
-            [p for p in policy.parameters() if p.requires_grad],
-            lr=cfg.train.lr,
-            weight_decay=cfg.train.weight_decay,
+            self._param_groups(policy), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
         warmup = cfg.train.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
         model, self.optimizer, self.scheduler = acc.prepare(policy, optimizer, scheduler)
         return model
+
+    def _param_groups(self, policy: PolicyModel) -> list[dict]:
+        trunk = [p for p in policy.lm.parameters() if p.requires_grad]
+        groups = [{"params": trunk, "lr": self.cfg.train.lr}]
+        if policy.value_head is not None:
+            lr = self.cfg.train.value_head_lr
+            groups.append(
+                {
+                    "params": list(policy.value_head.parameters()),
+                    "lr": self.cfg.train.lr if lr is None else lr,
+                }
+            )
+        return groups
 
     def _resume(self) -> None:
         if not self.cfg.resume:
@@ -402,10 +413,10 @@ class Trainer:
         """Clip, check gradients, step. Returns whether this step was skipped (gradients thrown away)."""
         acc = self.accelerator
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
-        grad_norm = torch.as_tensor(
-            float("nan") if grad_norm is None else grad_norm, dtype=torch.float64
-        ).cpu()
-        if not skipped:
+        # DeepSpeed may not report a norm (None): nothing to check then, and the metric is NaN
+        known = grad_norm is not None
+        grad_norm = torch.as_tensor(grad_norm if known else float("nan"), dtype=torch.float64).cpu()
+        if not skipped and known:
             skipped = self._nonfinite({"gradients": grad_norm}, undoable=not distributed.is_deepspeed(acc))
         sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
         if not skipped:

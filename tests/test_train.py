@@ -16,10 +16,12 @@ from endo_rl.trainer import NonFiniteError, run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CPU = REPO / "recipes" / "debug" / "tiny_cpu.yaml"
+PROMPTS = REPO / "recipes" / "debug" / "arithmetic.jsonl"
 
 
 def tiny_cfg(model_dir: Path, out: Path, *overrides: str) -> config.ExperimentConfig:
-    return config.load(TINY_CPU, [f"model.path={model_dir}", f"output_dir={out}", *overrides])
+    fixed = [f"model.path={model_dir}", f"output_dir={out}", f"data.train={PROMPTS}"]
+    return config.load(TINY_CPU, [*fixed, *overrides], world_size=1)
 
 
 def weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -133,3 +135,38 @@ def test_nonfinite_skip_counts_and_keeps_weights(tiny_model_dir, tmp_path):
     assert read_metrics(tmp_path / "metrics.jsonl")[-1]["skipped_steps"] == 2
     before, after = weights(tiny_model_dir), weights(final)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("save", ["adapter", "merged"])
+def test_lora_trains_the_adapter_and_references_the_base(tiny_model_dir, tmp_path, save):
+    from transformers import AutoModelForCausalLM
+
+    from endo_rl.trainer import Trainer
+
+    cfg = tiny_cfg(
+        tiny_model_dir,
+        tmp_path,
+        "lora.enabled=true",
+        "lora.r=4",
+        "lora.target_modules=[q_proj, v_proj]",
+        f"lora.save={save}",
+        "train.max_steps=1",
+        "train.lr=0.05",
+    )
+    trainer = Trainer(cfg)
+    final = trainer.fit()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    lm = trainer.accelerator.unwrap_model(trainer.model).lm
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        with lm.disable_adapter():  # the reference pass: the base model, without a second copy
+            torch.testing.assert_close(lm(input_ids=ids).logits, base(input_ids=ids).logits)
+        assert not torch.allclose(lm(input_ids=ids).logits, base(input_ids=ids).logits)
+    if save == "adapter":
+        assert (final / "adapter_config.json").is_file() and (final / "adapter_model.safetensors").is_file()
+    else:
+        merged = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                merged(input_ids=ids).logits, lm(input_ids=ids).logits, rtol=1e-4, atol=1e-4
+            )
