@@ -124,7 +124,10 @@ def read_results(path: Path, expected: dict) -> dict[tuple[str, int], dict]:
     lines = path.read_text(encoding="utf-8").splitlines()
     if not lines:
         return {}
-    found = json.loads(lines[0]).get("settings")
+    try:
+        found = json.loads(lines[0]).get("settings")
+    except (json.JSONDecodeError, AttributeError):
+        raise UserError(f"{path}:1: not an rm-eval results file; delete it or choose another --out") from None
     if found != expected:
         raise UserError(
             f"{path} was written with other settings ({found}); delete it or choose another --out"
