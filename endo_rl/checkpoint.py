@@ -20,6 +20,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from endo_rl import distributed
+from endo_rl.errors import UserError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -41,6 +42,24 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     done = complete_checkpoints(output_dir)
     return done[-1] if done else None
+
+
+def check_output_dir(output_dir: str, resume: bool) -> Path:
+    """Create output_dir and prove it writable before any model is loaded; refuse to overwrite checkpoints."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"output_dir {output_dir} is not writable: {err.strerror or err}") from err
+    if not resume and complete_checkpoints(path):
+        raise UserError(
+            f"output_dir {output_dir} already holds checkpoints: set resume=true to continue that run, "
+            "or choose another output_dir"
+        )
+    return path
 
 
 def save(accelerator: Accelerator, output_dir: str | Path, step: int, state: dict, keep_last: int) -> Path:

@@ -21,14 +21,23 @@ Shape legend: B sequences on this process, L longest response in the batch.
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from endo_rl import algorithms, checkpoint, config_loader, distributed, models, reward_mix, templates
+from endo_rl import (
+    algorithms,
+    checkpoint,
+    config_loader,
+    distributed,
+    models,
+    reward_mix,
+    step_metrics,
+    templates,
+    train_setup,
+)
 from endo_rl import rollout as rl
 from endo_rl.config import ExperimentConfig, check_batch_sizes, world_size_from_env
 from endo_rl.data import Prompt, PromptOrder, load_prompts
@@ -41,24 +50,6 @@ from endo_rl.train_eval import TrainEval
 
 class NonFiniteError(RuntimeError):
     """NaN/Inf in rewards, advantages, loss or gradients with train.on_nonfinite=error."""
-
-
-def check_output_dir(output_dir: str, resume: bool) -> Path:
-    """Create output_dir and prove it writable before any model is loaded; refuse to overwrite checkpoints."""
-    path = Path(output_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"output_dir {output_dir} is not writable: {err.strerror or err}") from err
-    if not resume and checkpoint.complete_checkpoints(path):
-        raise UserError(
-            f"output_dir {output_dir} already holds checkpoints: set resume=true to continue that run, "
-            "or choose another output_dir"
-        )
-    return path
 
 
 class Trainer:
@@ -80,25 +71,31 @@ class Trainer:
         acc = self.accelerator
         check_batch_sizes(cfg, acc.num_processes)
         self.output_dir = (
-            check_output_dir(cfg.output_dir, cfg.resume) if acc.is_main_process else Path(cfg.output_dir)
+            checkpoint.check_output_dir(cfg.output_dir, cfg.resume)
+            if acc.is_main_process
+            else Path(cfg.output_dir)
         )
         acc.wait_for_everyone()
         distributed.seed_everything(cfg.seed, acc.process_index)
         self.tokenizer = tokenizer or models.load_tokenizer(
             cfg.model.tokenizer or cfg.model.path, cfg.model.gguf_file
         )
-        self.pad_id = (
-            self.tokenizer.pad_token_id
-            if self.tokenizer.pad_token_id is not None
-            else self.tokenizer.eos_token_id
-        )
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = self.tokenizer.eos_token_id if pad is None else pad
         self.stop_ids = templates.stop_token_ids(self.tokenizer)
         endo = cfg.reward.endogenous
-        self.prompts = prompts or load_prompts(
-            cfg.data, self.tokenizer, endo.system_prompt, need_gold=cfg.reward.correctness.weight > 0
-        )
+        if prompts is None:
+            need_gold = cfg.reward.correctness.weight > 0
+            prompts = load_prompts(cfg.data, self.tokenizer, endo.system_prompt, need_gold)
+        if not prompts:
+            raise UserError("there are no training prompts")
+        self.prompts = prompts
         self.order = PromptOrder(len(self.prompts), cfg.seed)
-        self.model = self._build_models(lm)
+        built = train_setup.build_models(cfg, self.tokenizer, acc.device, lm)
+        self.reference_lm, self.reward_lm = built.reference_lm, built.reward_lm
+        self._base_copy = built.base_copy
+        optimizer, scheduler = train_setup.make_optimizer(cfg, built.policy)
+        self.model, self.optimizer, self.scheduler = acc.prepare(built.policy, optimizer, scheduler)
         self.step, self.skipped_steps = 0, 0
         self._resume()
         if acc.is_main_process:
@@ -116,53 +113,6 @@ class Trainer:
             self.grader = Grader()
 
     # ----- set-up -----------------------------------------------------------------------------------------
-
-    def _build_models(self, lm: torch.nn.Module | None) -> torch.nn.Module:
-        cfg, acc = self.cfg, self.accelerator
-        if lm is None:
-            lm = models.load_causal_lm(cfg.model.path, cfg.model.gguf_file, cfg.model.dtype, "cpu")
-        # an injected model has no path to reload the base from when merging a LoRA adapter at the end
-        self._base_copy = copy.deepcopy(lm) if cfg.lora.enabled and not cfg.model.path else None
-        models.check_vocab(lm, self.tokenizer, "policy")
-        lm.config.use_cache = False
-        # LoRA: the reference is the base model with the adapter switched off; otherwise a frozen copy
-        self.reference_lm = None
-        if not cfg.lora.enabled:
-            self.reference_lm = copy.deepcopy(lm).to(acc.device).eval().requires_grad_(False)
-        self.reward_lm = None
-        if cfg.reward.endogenous.model is not None:
-            self.reward_lm = models.load_causal_lm(
-                cfg.reward.endogenous.model, None, cfg.model.dtype, str(acc.device)
-            )
-            self.reward_lm.eval().requires_grad_(False)
-            models.check_vocab(self.reward_lm, self.tokenizer, "reward model")
-        if cfg.lora.enabled:
-            lm = distributed.apply_lora(lm, cfg.lora)
-        if cfg.model.gradient_checkpointing:
-            lm.gradient_checkpointing_enable()
-            if cfg.lora.enabled:
-                lm.enable_input_require_grads()
-        policy = PolicyModel(lm, value_head=cfg.algo.name == "ppo")
-        optimizer = torch.optim.AdamW(
-            self._param_groups(policy), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-        )
-        warmup = cfg.train.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
-        model, self.optimizer, self.scheduler = acc.prepare(policy, optimizer, scheduler)
-        return model
-
-    def _param_groups(self, policy: PolicyModel) -> list[dict]:
-        trunk = [p for p in policy.lm.parameters() if p.requires_grad]
-        groups = [{"params": trunk, "lr": self.cfg.train.lr}]
-        if policy.value_head is not None:
-            lr = self.cfg.train.value_head_lr
-            groups.append(
-                {
-                    "params": list(policy.value_head.parameters()),
-                    "lr": self.cfg.train.lr if lr is None else lr,
-                }
-            )
-        return groups
 
     def _resume(self) -> None:
         if not self.cfg.resume:
@@ -449,39 +399,17 @@ class Trainer:
     # ----- metrics, checkpoints ---------------------------------------------------------------------------
 
     def _metrics(self, rollout: rl.Rollout, update: dict[str, float], seconds: float) -> dict[str, float]:
-        """Every value averaged over all processes (sequence-weighted or token-weighted)."""
-        mask = rollout.mask_BL
-        lengths_B = mask.sum(-1).double()
-        seq = {
-            "reward/total": (rollout.rewards_BL.sum(-1) + self._kl_penalty_B(rollout)).double(),
-            "reward/endogenous": rollout.endogenous_BL.sum(-1).double(),
-            "response_length": lengths_B,
-            "truncation_rate": rollout.truncated_B.double(),
-        }
-        if rollout.correctness_B is not None:
-            seq["reward/correctness"] = rollout.correctness_B.double()
-        if rollout.length_penalty_B is not None:
-            seq["reward/length_penalty"] = rollout.length_penalty_B.double()
-        local = torch.tensor([float(v.sum()) for v in seq.values()] + [float(lengths_B.sum()), mask.shape[0]])
-        total = distributed.sum_over_ranks(self.accelerator, local.double()).tolist()
-        n_tokens, n_seqs = total[-2], total[-1]
-        metrics = {k: total[i] / n_seqs for i, k in enumerate(seq)}
-        update_total = distributed.sum_over_ranks(
-            self.accelerator, torch.tensor(list(update.values()), dtype=torch.float64)
-        )
-        metrics.update(dict(zip(update, update_total.tolist())))
-        for key in ("kl_sum", "entropy_sum"):
-            if key in metrics:
-                metrics[key.removesuffix("_sum")] = metrics.pop(key) / n_tokens
-        if "grad_norm" in metrics:
-            metrics["grad_norm"] /= self.accelerator.num_processes
+        def reduce(x: torch.Tensor) -> torch.Tensor:
+            return distributed.sum_over_ranks(self.accelerator, x)
+
+        metrics, n_tokens = step_metrics.rollout_metrics(rollout, self._kl_penalty_B(rollout), reduce)
+        metrics.update(step_metrics.update_metrics(update, n_tokens, self.accelerator.num_processes, reduce))
         metrics.update(
             lr=self.scheduler.get_last_lr()[0],
             tokens_per_s=n_tokens / seconds,
             step_time_s=seconds,
             skipped_steps=float(self.skipped_steps),
         )
-        metrics.setdefault("loss", float("nan"))
         return metrics
 
     def _kl_penalty_B(self, rollout: rl.Rollout) -> torch.Tensor:
@@ -501,11 +429,7 @@ class Trainer:
         return checkpoint.save(self.accelerator, self.output_dir, self.step, state, self.cfg.train.keep_last)
 
     def _load_base(self) -> torch.nn.Module:
-        if self._base_copy is not None:
-            return self._base_copy
-        return models.load_causal_lm(
-            self.cfg.model.path, self.cfg.model.gguf_file, self.cfg.model.dtype, "cpu"
-        )
+        return train_setup.load_base(self.cfg, self._base_copy)
 
 
 @contextlib.contextmanager

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from endo_rl import checkpoint
+from endo_rl.checkpoint import check_output_dir
 from endo_rl.config import DataConfig
 from endo_rl.data import PromptOrder, load_prompts
 from endo_rl.errors import UserError
-from endo_rl.trainer import check_output_dir
 
 PROMPTS = Path(__file__).resolve().parents[1] / "recipes" / "debug" / "arithmetic.jsonl"
 

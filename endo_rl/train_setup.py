@@ -1,0 +1,79 @@
+"""Building what the trainer trains and scores with: policy (+ value head), reference, reward model, optimizer.
+
+Reference choice: with LoRA the reference is the base model itself, run with the adapter disabled (no second
+copy); without LoRA it is a frozen copy of the initial policy. `reward.endogenous.model` adds a separate
+frozen reward model (the KL reference stays the initial policy).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from endo_rl import distributed, models
+from endo_rl.config import ExperimentConfig
+from endo_rl.policy import PolicyModel
+
+
+@dataclass
+class Models:
+    policy: PolicyModel
+    reference_lm: torch.nn.Module | None
+    """None: the policy's own base model with the LoRA adapter disabled."""
+    reward_lm: torch.nn.Module | None
+    """None: the endogenous reward comes from the reference."""
+    base_copy: torch.nn.Module | None
+    """An injected model's base weights, kept only to merge a LoRA adapter at export."""
+
+
+def frozen(lm: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    return lm.to(device).eval().requires_grad_(False)
+
+
+def build_models(
+    cfg: ExperimentConfig, tokenizer, device: torch.device | str, lm: torch.nn.Module | None = None
+) -> Models:
+    """The policy on CPU (accelerate places it); reference and reward models frozen on `device`."""
+    if lm is None:
+        lm = models.load_causal_lm(cfg.model.path, cfg.model.gguf_file, cfg.model.dtype, "cpu")
+    models.check_vocab(lm, tokenizer, "policy")
+    base_copy = copy.deepcopy(lm) if cfg.lora.enabled and not cfg.model.path else None
+    reference_lm = None if cfg.lora.enabled else frozen(copy.deepcopy(lm), device)
+    reward_lm = None
+    if cfg.reward.endogenous.model is not None:
+        reward_lm = frozen(
+            models.load_causal_lm(cfg.reward.endogenous.model, None, cfg.model.dtype, "cpu"), device
+        )
+        models.check_vocab(reward_lm, tokenizer, "reward model")
+    if cfg.lora.enabled:
+        lm = distributed.apply_lora(lm, cfg.lora)
+    if cfg.model.gradient_checkpointing:
+        lm.gradient_checkpointing_enable()
+        if cfg.lora.enabled:  # frozen embeddings: the checkpointed blocks need an input that requires grad
+            lm.enable_input_require_grads()
+    policy = PolicyModel(lm, value_head=cfg.algo.name == "ppo")
+    return Models(policy, reference_lm, reward_lm, base_copy)
+
+
+def make_optimizer(
+    cfg: ExperimentConfig, policy: PolicyModel
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over the trainable parameters (the value head may have its own lr); linear warm-up, then flat."""
+    t = cfg.train
+    groups = [{"params": [p for p in policy.lm.parameters() if p.requires_grad], "lr": t.lr}]
+    if policy.value_head is not None:
+        lr = t.lr if t.value_head_lr is None else t.value_head_lr
+        groups.append({"params": list(policy.value_head.parameters()), "lr": lr})
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+    warmup = t.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+    return optimizer, scheduler
+
+
+def load_base(cfg: ExperimentConfig, base_copy: torch.nn.Module | None) -> torch.nn.Module:
+    """A fresh base model on CPU, to merge a LoRA adapter into."""
+    if base_copy is not None:
+        return base_copy
+    return models.load_causal_lm(cfg.model.path, cfg.model.gguf_file, cfg.model.dtype, "cpu")
