@@ -61,7 +61,7 @@ def _qwen_cot(tokenizer, question: str) -> list[int]:
             "template qwen25-math-cot needs <|im_start|> and <|im_end|> tokens, which this tokenizer lacks; "
             "use --template chat-cot or plain"
         )
-    return tokenizer(QWEN25_MATH_COT.format(question=question), add_special_tokens=False).input_ids
+    return tokenizer(QWEN25_MATH_COT.replace("{question}", question), add_special_tokens=False).input_ids
 
 
 def _chat_cot(tokenizer, question: str) -> list[int]:
