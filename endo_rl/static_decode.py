@@ -16,6 +16,7 @@ d head dim, D hidden, V vocab.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +27,11 @@ SUPPORTED = ("llama", "qwen2", "mistral")
 
 
 def supports(model: torch.nn.Module) -> bool:
-    """Plain pre-norm decoders without per-head q/k norms, sliding windows or logit soft-capping."""
+    """Plain pre-norm SiLU decoders without per-head q/k norms, sliding windows or logit soft-capping."""
     cfg = model.config
     return (
         cfg.model_type in SUPPORTED
+        and cfg.hidden_act == "silu"
         and not getattr(cfg, "use_sliding_window", False)
         and getattr(cfg, "final_logit_softcapping", None) is None
     )
@@ -40,10 +42,82 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+class LayerWeights(NamedTuple):
+    """One decoder layer's tensors, passed as arguments so one compiled function serves every layer."""
+
+    ln1: torch.Tensor
+    wq: torch.Tensor
+    bq: torch.Tensor | None
+    wk: torch.Tensor
+    bk: torch.Tensor | None
+    wv: torch.Tensor
+    bv: torch.Tensor | None
+    wo: torch.Tensor
+    ln2: torch.Tensor
+    wg: torch.Tensor
+    wu: torch.Tensor
+    wd: torch.Tensor
+
+
+def layer_weights(layer: torch.nn.Module) -> LayerWeights:
+    a, m = layer.self_attn, layer.mlp
+    return LayerWeights(
+        layer.input_layernorm.weight,
+        a.q_proj.weight,
+        a.q_proj.bias,
+        a.k_proj.weight,
+        a.k_proj.bias,
+        a.v_proj.weight,
+        a.v_proj.bias,
+        a.o_proj.weight,
+        layer.post_attention_layernorm.weight,
+        m.gate_proj.weight,
+        m.up_proj.weight,
+        m.down_proj.weight,
+    )
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """As Llama/Qwen2 compute it: in float32, cast back before the weight."""
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def decode_layer(x_B1D, w: LayerWeights, k_cache, v_cache, cos_B1d, sin_B1d, slot_1, mask_B11S, dims, eps):
+    """One decoder layer for one new token per row, writing its key/value at cache slot `slot_1`.
+
+    `dims` = (heads, KV heads, head dim). Pure tensor code: torch.compile fuses its elementwise work
+    (norms, rotary, SiLU) so a CUDA-graph replay launches a few kernels per layer instead of ~40.
+    """
+    n_heads, n_kv, head_dim = dims
+    B = x_B1D.shape[0]
+    h = rms_norm(x_B1D, w.ln1, eps)
+    q = F.linear(h, w.wq, w.bq).view(B, 1, n_heads, head_dim).transpose(1, 2)
+    k = F.linear(h, w.wk, w.bk).view(B, 1, n_kv, head_dim).transpose(1, 2)
+    v = F.linear(h, w.wv, w.bv).view(B, 1, n_kv, head_dim).transpose(1, 2)
+    cos, sin = cos_B1d.unsqueeze(1), sin_B1d.unsqueeze(1)
+    q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    k_cache.index_copy_(2, slot_1, k)
+    v_cache.index_copy_(2, slot_1, v)
+    out = F.scaled_dot_product_attention(
+        q, k_cache, v_cache, attn_mask=mask_B11S, scale=head_dim**-0.5, enable_gqa=n_kv != n_heads
+    )
+    x_B1D = x_B1D + F.linear(out.transpose(1, 2).reshape(B, 1, -1), w.wo)
+    h = rms_norm(x_B1D, w.ln2, eps)
+    return x_B1D + F.linear(F.silu(F.linear(h, w.wg)) * F.linear(h, w.wu), w.wd)
+
+
 class StaticDecoder:
     """Prefill + decode with a static KV cache for one batch shape (batch size, cache length)."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int, use_cuda_graph: bool = True):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        batch_size: int,
+        max_len: int,
+        use_cuda_graph: bool = True,
+        compile: bool = True,
+    ):
         cfg = model.config
         self.model, self.backbone = model, model.get_decoder()
         self.n_heads = cfg.num_attention_heads
@@ -62,6 +136,15 @@ class StaticDecoder:
         self.logits_BV: torch.Tensor | None = None
         self.use_cuda_graph = use_cuda_graph and self.device.type == "cuda"
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.weights = [layer_weights(layer) for layer in self.backbone.layers]
+        self.dims = (self.n_heads, self.n_kv, self.head_dim)
+        self.eps = cfg.rms_norm_eps
+        # compiled only on CUDA, where kernel count is what a decode step is short of
+        self.layer_fn = (
+            torch.compile(decode_layer, dynamic=False)
+            if compile and self.device.type == "cuda"
+            else decode_layer
+        )
 
     def _attention(self, layer, x_BTD, cos, sin, slots: torch.Tensor | slice, mask_B1TS) -> torch.Tensor:
         attn, (B, T, _) = layer.self_attn, x_BTD.shape
@@ -113,7 +196,13 @@ class StaticDecoder:
     def _decode_step(self) -> None:
         self.key_valid_BS.index_fill_(1, self.slot_1, True)
         mask_B11S = self.key_valid_BS[:, None, None, :]
-        self.logits_BV = self._forward(self.token_B1, self.position_B1, self.slot_1, mask_B11S)
+        x = self.backbone.embed_tokens(self.token_B1)
+        cos, sin = self.backbone.rotary_emb(x, self.position_B1)
+        for i, w in enumerate(self.weights):
+            x = self.layer_fn(
+                x, w, self.k_cache[i], self.v_cache[i], cos, sin, self.slot_1, mask_B11S, self.dims, self.eps
+            )
+        self.logits_BV = self.model.get_output_embeddings()(self.backbone.norm(x[:, -1])).float()
 
     def _capture(self) -> None:
         saved = [t.clone() for t in (self.key_valid_BS, self.slot_1, self.position_B1)]
