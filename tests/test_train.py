@@ -17,6 +17,7 @@ from endo_rl.trainer import NonFiniteError, run
 REPO = Path(__file__).resolve().parents[1]
 TINY_CPU = REPO / "recipes" / "debug" / "tiny_cpu.yaml"
 PROMPTS = REPO / "recipes" / "debug" / "arithmetic.jsonl"
+BENCHMARKS = REPO.parent / "shared" / "benchmarks"
 
 
 def tiny_cfg(model_dir: Path, out: Path, *overrides: str) -> config.ExperimentConfig:
@@ -170,3 +171,57 @@ def test_lora_trains_the_adapter_and_references_the_base(tiny_model_dir, tmp_pat
             torch.testing.assert_close(
                 merged(input_ids=ids).logits, lm(input_ids=ids).logits, rtol=1e-4, atol=1e-4
             )
+
+
+def test_reward_system_prompt_rescores_on_its_own_prompt_and_kl_keeps_the_policy_prompt(
+    tiny_model_dir, tmp_path
+):
+    from endo_rl import distributed
+    from endo_rl import rollout as rl
+    from endo_rl.trainer import Trainer
+
+    cfg = tiny_cfg(
+        tiny_model_dir,
+        tmp_path,
+        "reward.endogenous.system_prompt=Judge strictly.",
+        "algo.name=grpo",
+        "reward.correctness.weight=0",
+    )
+    trainer = Trainer(cfg)
+    prompts = trainer._next_prompts()
+    torch.manual_seed(0)
+    with distributed.gathered_for_generation(trainer.model, trainer.accelerator) as policy:
+        rollout = trainer.collect(policy, prompts)
+    ref = trainer.reference_lm
+    policy_ids = [p.prompt_ids for p in prompts]
+    reward_ids = [p.reward_prompt_ids for p in prompts]
+    assert policy_ids[0] != reward_ids[0]
+    ref_logprobs, _ = rl.reference_pass(ref, policy_ids, rollout.response_ids, trainer.pad_id, 1.0, 2)
+    _, rewards = rl.reference_pass(ref, reward_ids, rollout.response_ids, trainer.pad_id, 1.0, 2)
+    _, policy_prompt_rewards = rl.reference_pass(
+        ref, policy_ids, rollout.response_ids, trainer.pad_id, 1.0, 2
+    )
+    torch.testing.assert_close(rollout.ref_logprobs_BL, ref_logprobs)
+    torch.testing.assert_close(rollout.endogenous_BL, rewards)
+    assert not torch.allclose(rewards, policy_prompt_rewards)
+
+
+def test_eval_before_and_after_are_logged_and_compared(tiny_model_dir, tmp_path):
+    cfg = tiny_cfg(
+        tiny_model_dir,
+        tmp_path,
+        "train.max_steps=1",
+        "eval.before=true",
+        "eval.after=true",
+        "eval.benchmarks=[math500]",
+        f"eval.data_dir={BENCHMARKS}",
+        "eval.limit=2",
+        "eval.max_new_tokens=4",
+    )
+    run(cfg)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert rows[0]["step"] == 0 and "eval/math500/accuracy" in rows[0] and "eval/accuracy" in rows[0]
+    assert "eval/math500/accuracy" in rows[-1] and rows[-1]["step"] == 1
+    assert (tmp_path / "eval" / "before" / "report.json").is_file()
+    assert (tmp_path / "eval" / "after" / "report.json").is_file()
+    assert (tmp_path / "eval" / "comparison.png").is_file()

@@ -1,0 +1,77 @@
+"""Two processes (DDP over gloo, on CPU) reproduce the single-process run of recipes/debug/tiny_gpu.yaml.
+
+The same check on GPUs with ZeRO-2/3 is the recipe's header (launch/accelerate/zero{2,3}.yaml).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from endo_rl.run_log import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "debug" / "tiny_gpu.yaml"
+PROMPTS = REPO / "recipes" / "debug" / "arithmetic.jsonl"
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_single_process(tiny_model_dir, tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    args = [f"model.path={tiny_model_dir}", f"data.train={PROMPTS}", "train.max_steps=2"]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "endo_rl.cli",
+            "train",
+            str(RECIPE),
+            *args,
+            f"output_dir={tmp_path / 'single'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = subprocess.run(
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "endo_rl.cli",
+            "train",
+            str(RECIPE),
+            *args,
+            f"output_dir={tmp_path / 'ddp'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a, b = (
+        read_metrics(tmp_path / "single" / "metrics.jsonl"),
+        read_metrics(tmp_path / "ddp" / "metrics.jsonl"),
+    )
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b):
+        for name in (
+            "loss",
+            "policy_loss",
+            "value_loss",
+            "grad_norm",
+            "reward/total",
+            "kl",
+            "response_length",
+        ):
+            assert rb[name] == pytest.approx(ra[name], rel=1e-4, abs=1e-6), (ra["step"], name)
