@@ -37,6 +37,9 @@ def make_accelerator(grad_accum_steps: int, micro_batch_size: int, max_grad_norm
             gradient_clipping=max_grad_norm,
             train_batch_size=micro_batch_size * grad_accum_steps * accelerator.num_processes,
         )
+        if plugin.zero_stage == 3:  # the final export gathers a full state dict (accelerator.get_state_dict)
+            zero = plugin.deepspeed_config.setdefault("zero_optimization", {})
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
     return accelerator
 
 
