@@ -90,7 +90,12 @@ def evaluate(
     Re-running with the same out_dir resumes from the saved completions.
     """
     out_dir = Path(out_dir)
-    report = run_eval(model, tokenizer, settings, out_dir / "predictions.jsonl", model_name)
+    was_training = model.training
+    model.eval()  # dropout off while generating; training mode is restored for the caller
+    try:
+        report = run_eval(model, tokenizer, settings, out_dir / "predictions.jsonl", model_name)
+    finally:
+        model.train(was_training)
     write_report(report, out_dir / "report.json")
     return report
 
