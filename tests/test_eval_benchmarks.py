@@ -108,3 +108,33 @@ def test_missing_benchmark_file_is_a_user_error(tmp_path):
 )
 def test_last_boxed(text, boxed):
     assert last_boxed(text) == boxed
+
+
+# --- prompt templates and stop tokens ---
+
+
+def test_qwen_stop_tokens_are_endoftext_and_im_end(qwen_tokenizer):
+    from endo_rl.templates import stop_token_ids
+
+    assert stop_token_ids(qwen_tokenizer) == [151643, 151645]
+
+
+def test_qwen25_math_cot_is_the_pinned_chatml_prompt(qwen_tokenizer):
+    from endo_rl.templates import prompt_ids
+
+    question = "What is $\\frac{1}{2} + \\frac{1}{2}$?"
+    ids = prompt_ids("qwen25-math-cot", qwen_tokenizer, question)
+    assert qwen_tokenizer.decode(ids) == (
+        "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n"
+        f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # Qwen's own chat template renders the same tokens, so base and chat models see one prompt
+    assert prompt_ids("chat-cot", qwen_tokenizer, question) == ids
+    assert prompt_ids("plain", qwen_tokenizer, question) == qwen_tokenizer(question).input_ids
+
+
+def test_unknown_template_lists_valid_ones(qwen_tokenizer):
+    from endo_rl.templates import prompt_ids
+
+    with pytest.raises(UserError, match="unknown template 'cot'.*qwen25-math-cot, chat-cot, plain"):
+        prompt_ids("cot", qwen_tokenizer, "q")
