@@ -109,6 +109,9 @@ class GenerationConfig:
     """Top-k sampling (0: off)."""
     batch_size: int = 64
     """Sequences per `generate` call during rollouts."""
+    backend: Literal["auto", "hf", "static"] = "auto"
+    """hf: transformers' generate; static: static KV cache + CUDA graphs (Llama/Qwen2-style models);
+    auto: static on CUDA when the model supports it, else hf."""
 
 
 @dataclass

@@ -99,6 +99,12 @@ def sum_over_ranks(accelerator: Accelerator, x: torch.Tensor) -> torch.Tensor:
     return accelerator.reduce(x.to(accelerator.device), reduction="sum").to(x.device)
 
 
+def synchronize(accelerator: Accelerator) -> None:
+    """Wait for this process's device work (for honest phase timings); no-op on CPU."""
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize(accelerator.device)
+
+
 def any_rank(accelerator: Accelerator, flag: bool) -> bool:
     """True when `flag` is True on any process (so every process takes the same branch)."""
     return bool(sum_over_ranks(accelerator, torch.tensor([float(flag)])).item() > 0)

@@ -74,6 +74,22 @@ def _hf_rows(model, prompts, sampling: SamplingConfig, stop_ids, pad_id: int) ->
     return sequences[:, input_ids.shape[1] :].tolist()
 
 
+def resolve_backend(model: torch.nn.Module, backend: str) -> str:
+    """'auto' -> 'static' on CUDA for supported models, else 'hf'; 'static' on an unsupported model is an error."""
+    from endo_rl import static_decode
+
+    if backend not in ("auto", "hf", "static"):
+        raise ValueError(f"generation backend must be 'auto', 'hf' or 'static', got {backend!r}")
+    if backend == "static" and not static_decode.supports(model):
+        raise ValueError(
+            f"generation backend 'static' does not support model type {model.config.model_type!r}"
+        )
+    if backend == "auto":
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        return "static" if on_cuda and static_decode.supports(model) else "hf"
+    return backend
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -83,15 +99,15 @@ def generate(
     pad_id: int,
     batch_size: int = 16,
     progress: bool = False,
-    backend: str = "hf",
+    backend: str = "auto",
 ) -> list[Completion]:
     """One completion per prompt (repeat a prompt to sample it several times), in input order.
 
     Prompts are sorted by length into micro-batches of `batch_size` and left-padded. `backend="static"` decodes
-    with a preallocated KV cache and CUDA graphs (`endo_rl.static_decode`; Llama/Qwen2-style models only).
+    with a preallocated KV cache and CUDA graphs (`endo_rl.static_decode`; Llama/Qwen2-style models only);
+    "auto" picks it on CUDA when the model supports it.
     """
-    if backend not in ("hf", "static"):
-        raise ValueError(f"generation backend must be 'hf' or 'static', got {backend!r}")
+    backend = resolve_backend(model, backend)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     decoder = None
     if backend == "static":

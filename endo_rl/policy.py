@@ -14,8 +14,8 @@ Shape legend: B batch, T sequence, L response length, D hidden, V vocab, N respo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def _hidden_size(lm: nn.Module) -> int:
@@ -63,21 +63,52 @@ class PolicyModel(nn.Module):
         ).last_hidden_state
         index_BLD = predictor_index_BL[..., None].expand(-1, -1, hidden_BTD.shape[-1])
         hidden_ND = hidden_BTD.gather(1, index_BLD)[response_mask_BL]
-        # the head module (not its weight) is called so ZeRO-3 can gather it; reduced in float32
-        logits_NV = self.lm.get_output_embeddings()(hidden_ND).float()
-        logprobs_NV = F.log_softmax(logits_NV, dim=-1)
+        logprobs_N, entropy_N = head_logprobs(
+            self.lm.get_output_embeddings(), hidden_ND, response_ids_BL[response_mask_BL]
+        )
         out = {
-            "logprobs_BL": _scatter(
-                logprobs_NV.gather(-1, response_ids_BL[response_mask_BL, None])[:, 0], response_mask_BL
-            ),
+            "logprobs_BL": _scatter(logprobs_N, response_mask_BL),
+            "entropy_BL": _scatter(entropy_N, response_mask_BL),
         }
-        with torch.no_grad():
-            entropy_N = -(logprobs_NV.exp() * logprobs_NV).sum(-1)
-            out["entropy_BL"] = _scatter(entropy_N, response_mask_BL)
         if self.value_head is not None:
             values_N = self.value_head(hidden_ND.to(self.value_head.weight.dtype))[:, 0].float()
             out["values_BL"] = _scatter(values_N, response_mask_BL)
         return out
+
+
+HEAD_CHUNK = 1024
+"""Response tokens per chunk of LM-head logits in the policy pass (1024 x 152k vocab x 4 bytes = 0.6 GB)."""
+
+
+def _head_chunk(
+    head: nn.Module, hidden_CD: torch.Tensor, targets_C: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits_CV = head(hidden_CD)
+    logits_CV = logits_CV.to(torch.promote_types(logits_CV.dtype, torch.float32))
+    lse_C = logits_CV.logsumexp(-1)
+    logprobs_C = logits_CV.gather(-1, targets_C[:, None])[:, 0] - lse_C
+    with torch.no_grad():
+        entropy_C = lse_C - (logits_CV.softmax(-1) * logits_CV).sum(-1)
+    return logprobs_C, entropy_C
+
+
+def head_logprobs(
+    head: nn.Module, hidden_ND: torch.Tensor, targets_N: torch.Tensor, chunk_size: int = HEAD_CHUNK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(a|s) (with grad) and entropy (no grad) per token, `chunk_size` rows of logits at a time.
+
+    With gradients on, each chunk is checkpointed: only its hidden rows are kept, and its float32 logits
+    are recomputed in the backward pass, so the [N, V] logits never exist at once. The head module (not its
+    weight) is called so ZeRO-3 can gather it.
+    """
+    parts = []
+    for start in range(0, hidden_ND.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(_head_chunk, head, hidden_ND[rows], targets_N[rows], use_reentrant=False))
+        else:
+            parts.append(_head_chunk(head, hidden_ND[rows], targets_N[rows]))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def _scatter(x_N: torch.Tensor, mask_BL: torch.Tensor) -> torch.Tensor:

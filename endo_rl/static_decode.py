@@ -27,14 +27,24 @@ SUPPORTED = ("llama", "qwen2", "mistral")
 
 
 def supports(model: torch.nn.Module) -> bool:
-    """Plain pre-norm SiLU decoders without per-head q/k norms, sliding windows or logit soft-capping."""
+    """Plain pre-norm SiLU decoders without per-head q/k norms, sliding windows or logit soft-capping, whose
+    projections are plain nn.Linear (a LoRA-wrapped layer would have its adapter ignored here)."""
     cfg = model.config
-    return (
+    if not (
         cfg.model_type in SUPPORTED
         and cfg.hidden_act == "silu"
         and not getattr(cfg, "use_sliding_window", False)
         and getattr(cfg, "final_logit_softcapping", None) is None
-    )
+    ):
+        return False
+    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    for layer in model.get_decoder().layers:
+        modules = [getattr(layer.self_attn, n, None) for n in names[:4]] + [
+            getattr(layer.mlp, n, None) for n in names[4:]
+        ]
+        if any(type(m) is not torch.nn.Linear for m in modules):
+            return False
+    return True
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -97,6 +97,7 @@ class Trainer:
         optimizer, scheduler = train_setup.make_optimizer(cfg, built.policy)
         self.model, self.optimizer, self.scheduler = acc.prepare(built.policy, optimizer, scheduler)
         self.step, self.skipped_steps = 0, 0
+        self.timings: dict[str, float] = {}
         self._resume()
         if acc.is_main_process:
             config_loader.save(cfg, self.output_dir / "config.yaml")
@@ -171,7 +172,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         """generate -> score -> advantages -> update; returns this step's metrics (same on every process)."""
-        start = time.perf_counter()
+        start, self.timings = time.perf_counter(), {}
         prompts = self._next_prompts()
         with distributed.gathered_for_generation(self.model, self.accelerator) as policy:
             rollout = self.collect(policy, prompts)
@@ -180,8 +181,18 @@ class Trainer:
         if self._nonfinite({"rewards": rollout.rewards_BL, "advantages": rollout.advantages_BL}):
             update = {}
         else:
-            update = self.update(rollout)
+            with self._timed("update"):
+                update = self.update(rollout)
         return self._metrics(rollout, update, time.perf_counter() - start)
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str):
+        """Wall time of one phase of the step (device synchronized), logged as time/<phase>_s."""
+        distributed.synchronize(self.accelerator)
+        start = time.perf_counter()
+        yield
+        distributed.synchronize(self.accelerator)
+        self.timings[f"time/{phase}_s"] = time.perf_counter() - start
 
     def _next_prompts(self) -> list[Prompt]:
         """This process's share of the step's prompts (the global order is the same everywhere)."""
@@ -196,18 +207,20 @@ class Trainer:
         cfg, mbs = self.cfg, self.cfg.train.micro_batch_size
         g = cfg.generation
         prompt_ids = [p.prompt_ids for p in prompts]
-        completions = generate(
-            policy.lm,
-            prompt_ids,
-            SamplingConfig(g.max_new_tokens, g.temperature, g.top_p, g.top_k),
-            self.stop_ids,
-            self.pad_id,
-            g.batch_size,
-            progress=self.accelerator.is_main_process,
-        )
+        with self._timed("generate"):
+            completions = generate(
+                policy.lm,
+                prompt_ids,
+                SamplingConfig(g.max_new_tokens, g.temperature, g.top_p, g.top_k),
+                self.stop_ids,
+                self.pad_id,
+                g.batch_size,
+                progress=self.accelerator.is_main_process,
+                backend=g.backend,
+            )
         response_ids = [c.token_ids for c in completions]
         endo = cfg.reward.endogenous
-        with self._reference(policy) as ref_lm:
+        with self._timed("reference"), self._reference(policy) as ref_lm:
             ref_logprobs_BL, endogenous_BL = rl.reference_pass(
                 ref_lm, prompt_ids, response_ids, self.pad_id, endo.alpha, mbs
             )
@@ -226,7 +239,10 @@ class Trainer:
             endogenous_BL,
         )
         if self._needs_old_pass():
-            old = rl.policy_pass(policy, self.accelerator.device, prompt_ids, response_ids, self.pad_id, mbs)
+            with self._timed("old_logprobs"):
+                old = rl.policy_pass(
+                    policy, self.accelerator.device, prompt_ids, response_ids, self.pad_id, mbs
+                )
             rollout.old_logprobs_BL = old["logprobs_BL"]
             rollout.old_values_BL = old.get("values_BL")
         return rollout
@@ -409,6 +425,7 @@ class Trainer:
             tokens_per_s=n_tokens / seconds,
             step_time_s=seconds,
             skipped_steps=float(self.skipped_steps),
+            **self.timings,
         )
         return metrics
 

@@ -144,3 +144,21 @@ def test_score_each_keeps_input_order(qwen_tokenizer, pairs):
         want, _ = brute_force(ref.model, p, r, 1.0)
         assert s.token_ids == r
         assert s.reward == pytest.approx(math.fsum(want), rel=1e-9)
+
+
+def test_policy_head_chunks_match_full_log_softmax_with_gradients():
+    from endo_rl.policy import head_logprobs
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 100, bias=False).double()
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    targets, weights = torch.randint(0, 100, (37,)), torch.arange(37.0, dtype=torch.float64)
+    logprobs, entropy = head_logprobs(head, hidden, targets, chunk_size=5)
+    (logprobs * weights).sum().backward()
+    grads = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad, head.weight.grad = None, None
+    full = torch.log_softmax(head(hidden), -1)
+    (full.gather(-1, targets[:, None])[:, 0] * weights).sum().backward()
+    torch.testing.assert_close(logprobs, full.gather(-1, targets[:, None])[:, 0])
+    torch.testing.assert_close(entropy, -(full.exp() * full).sum(-1).detach())
+    torch.testing.assert_close(grads, (hidden.grad, head.weight.grad))
