@@ -66,7 +66,8 @@ def make_optimizer(
     if policy.value_head is not None:
         lr = t.lr if t.value_head_lr is None else t.value_head_lr
         groups.append({"params": list(policy.value_head.parameters()), "lr": lr})
-    optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, fused=on_cuda or None)
     warmup = t.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
     return optimizer, scheduler

@@ -94,6 +94,9 @@ class Trainer:
         built = train_setup.build_models(cfg, self.tokenizer, acc.device, lm)
         self.reference_lm, self.reward_lm = built.reference_lm, built.reward_lm
         self._base_copy = built.base_copy
+        # on the device before the optimizer exists, so AdamW can use its fused CUDA kernel (no full-size
+        # temporaries in the step; accelerate would move it at prepare() anyway)
+        built.policy.to(acc.device)
         optimizer, scheduler = train_setup.make_optimizer(cfg, built.policy)
         self.model, self.optimizer, self.scheduler = acc.prepare(built.policy, optimizer, scheduler)
         self.step, self.skipped_steps = 0, 0
