@@ -362,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
             continue
         results[part] = json.loads(line.removeprefix("RESULT "))
         print(f"{part}: {json.dumps(results[part])}", flush=True)
+        if args.out:  # after every part, so a run cut short keeps what it measured
+            Path(args.out).write_text(json.dumps(results, indent=1))
     if "ours" in results and "trl" in results and "step_s" in results["ours"] and "step_s" in results["trl"]:
         results["speedup"] = (
             results["ours"]["completion_tokens_per_s"] / results["trl"]["completion_tokens_per_s"]
