@@ -30,7 +30,7 @@ def accuracy_bars(results: dict[str, dict], out: Path, title: str) -> None:
     ax.set_ylabel("accuracy (%)  [ties count as wrong]")
     ax.set_ylim(0, 100)
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, ncol=min(5, len(results)), loc="upper center", bbox_to_anchor=(0.5, -0.08))
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
