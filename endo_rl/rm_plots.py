@@ -29,7 +29,7 @@ def accuracy_bars(results: dict[str, dict], out: Path, title: str) -> None:
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("accuracy (%)  [ties count as wrong]")
     ax.set_ylim(0, 100)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, ncol=min(5, len(results)), loc="upper center", bbox_to_anchor=(0.5, -0.08))
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -51,7 +51,7 @@ def promptable_heatmap(matrix: dict, out: Path, title: str) -> None:
         for j, v in enumerate(row):
             ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="white" if v < 60 else "black")
     fig.colorbar(image, ax=ax, label="accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
