@@ -186,8 +186,11 @@ def part_ours(args: argparse.Namespace, model, tokenizer, algo: str = "grpo") ->
 
     overrides = [
         f"output_dir={tempfile.mkdtemp()}",
-        "algo.name=grpo",
+        f"algo.name={algo}",
         f"algo.group_size={args.group}",
+        f"reward.endogenous.level={'token' if algo == 'ppo' else 'sequence'}",
+        # GRPO: KL as a k3 loss term, as TRL's beta does (no extra no-grad policy pass); PPO: KL in the reward
+        f"algo.kl_mode={'reward' if algo == 'ppo' else 'loss'}",
         "algo.kl_coef=0.01",
         f"train.prompts_per_step={args.prompts * args.world}",
         f"train.micro_batch_size={args.micro_batch}",
@@ -211,7 +214,8 @@ def part_ours(args: argparse.Namespace, model, tokenizer, algo: str = "grpo") ->
         metrics = trainer.train_step()
         sync(args.device)
         steps.append(metrics)
-    return summarize([m["step_time_s"] for m in steps[args.warmup :]], steps[args.warmup :], args)
+    result = summarize([m["step_time_s"] for m in steps[args.warmup :]], steps[args.warmup :], args)
+    return {"algo": algo, "kl_mode": cfg.algo.kl_mode, **result}
 
 
 def summarize(times: list[float], metrics: list[dict], args: argparse.Namespace) -> dict:

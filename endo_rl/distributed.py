@@ -59,6 +59,27 @@ def seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(s)
 
 
+@contextlib.contextmanager
+def whole_weights_on_load(accelerator: Accelerator) -> Iterator[None]:
+    """Load models whole on every rank, also under ZeRO-3.
+
+    accelerate's DeepSpeed plugin registers its config with transformers, which makes `from_pretrained` shard
+    weights at load time (zero.Init) whatever `zero3_init_flag` says; the trainer needs the whole initial
+    policy to copy into the frozen reference before DeepSpeed shards the policy at `prepare`.
+    """
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(plugin.hf_ds_config)
+
+
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
     """Wrap the model in a peft LoRA adapter; the base weights are frozen."""
     from peft import LoraConfig as PeftLoraConfig

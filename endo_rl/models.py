@@ -101,7 +101,8 @@ def load_causal_lm(
 
 def check_vocab(model: torch.nn.Module, tokenizer, what: str = "model") -> None:
     """The tokenizer must not produce ids the model's LM head has no row for."""
-    rows = model.get_output_embeddings().weight.shape[0]
+    weight = model.get_output_embeddings().weight
+    rows = getattr(weight, "ds_shape", weight.shape)[0]  # a ZeRO-3-sharded weight keeps its full shape here
     if len(tokenizer) > rows:
         raise UserError(
             f"tokenizer has {len(tokenizer)} tokens but the {what}'s output layer has {rows} rows: "

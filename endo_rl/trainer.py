@@ -91,7 +91,8 @@ class Trainer:
             raise UserError("there are no training prompts")
         self.prompts = prompts
         self.order = PromptOrder(len(self.prompts), cfg.seed)
-        built = train_setup.build_models(cfg, self.tokenizer, acc.device, lm)
+        with distributed.whole_weights_on_load(acc):
+            built = train_setup.build_models(cfg, self.tokenizer, acc.device, lm)
         self.reference_lm, self.reward_lm = built.reference_lm, built.reward_lm
         self._base_copy = built.base_copy
         # on the device before the optimizer exists, so AdamW can use its fused CUDA kernel (no full-size
