@@ -4,6 +4,7 @@ One command on a GPU machine runs every part, each in its own process (so peak m
 
     python bench/grpo_step.py --tokenizer DIR --out results.json          # 7B-shaped random model, 1 GPU
     python bench/grpo_step.py --shape tiny --device cpu --tokenizer DIR   # seconds on a CPU, to check the script
+    python bench/grpo_step.py --table results.json                       # the table of a saved run
 
 Parts:
   decode     ms per decode step at batch 16 and 64: HF generate (dynamic cache) vs endo_rl's static cache with
@@ -338,6 +339,30 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def table(results: dict) -> str:
+    """The side-by-side table (markdown) of a results dict."""
+    rows = [
+        "| | step s (median) | completion tok/s | generate s | reference+reward s | old log-probs s | update s | peak GiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("ours", "ours_ppo", "trl"):
+        r = results.get(name)
+        if not r or "step_s" not in r:
+            continue
+        label = f"endo_rl {r['algo'].upper()}" if "algo" in r else "TRL GRPOTrainer"
+        cells = [
+            f"{r[k]:.2f}" if k in r else "n/a"
+            for k in ("generate_s", "reference_s", "old_logprobs_s", "update_s")
+        ]
+        rows.append(
+            f"| {label} | {r['step_s']:.2f} | {r['completion_tokens_per_s']:.0f} | {' | '.join(cells)} | "
+            f"{r['peak_gib']:.1f} |"
+        )
+    if "speedup" in results:
+        rows.append(f"\nthroughput ratio endo_rl GRPO / TRL: **{results['speedup']:.2f}x**")
+    return "\n".join(rows)
+
+
 def run_part(args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer
 
@@ -349,6 +374,9 @@ def run_part(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--table":  # re-print a saved run's table
+        print(table(json.loads(Path(sys.argv[2]).read_text())))
+        return
     args = parse(argv)
     if args.part != "all":
         print("RESULT " + json.dumps(run_part(args)), flush=True)
@@ -375,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"throughput ratio ours/TRL: {results['speedup']:.2f}x")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
+    print(table(results))
 
 
 if __name__ == "__main__":
