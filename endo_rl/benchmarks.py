@@ -45,6 +45,9 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        line = text_line(Path(path).read_bytes(), err.start)
+        raise UserError(f"{path}, line {line}: not UTF-8 text (byte {err.object[err.start]:#04x})") from err
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -55,6 +58,11 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
         if not isinstance(row, dict):
             raise UserError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
         yield lineno, row
+
+
+def text_line(data: bytes, offset: int) -> int:
+    """1-based line number of byte `offset` in `data`."""
+    return data.count(b"\n", 0, offset) + 1
 
 
 def _strip_dollars(text: str) -> str:

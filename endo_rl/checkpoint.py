@@ -70,10 +70,18 @@ def save(accelerator: Accelerator, output_dir: str | Path, step: int, state: dic
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    distributed.save_state(accelerator, tmp)
-    accelerator.wait_for_everyone()
+    try:
+        distributed.save_state(accelerator, tmp)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
+    except OSError as err:  # disk full, quota, I/O error: the previous checkpoints are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"cannot write checkpoint {final}: {err.strerror or err}; the previous checkpoint "
+            f"{latest_checkpoint(output_dir) or '(none)'} is intact and resume=true continues from it"
+        ) from err
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
         if final.exists():  # re-saving a step (e.g. the end of a resumed run that had nothing left to do)
             shutil.rmtree(final)
         tmp.rename(final)

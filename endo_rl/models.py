@@ -14,6 +14,7 @@ import torch
 from endo_rl.errors import UserError
 
 GGUF_MAGIC = b"GGUF"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 DTYPES = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -29,6 +30,10 @@ def _looks_like_hub_id(name: str) -> bool:
 
 def resolve_source(path: str, gguf_file: str | None = None) -> tuple[str, str | None, bool]:
     """Returns (directory or Hub id, GGUF file name or None, is_local). Raises UserError for missing paths."""
+    if not path:
+        raise UserError(
+            "model path is empty: set model.path (or --model) to a directory, .gguf file or Hub id"
+        )
     p = Path(path).expanduser()
     if p.is_file():
         if gguf_file is not None or p.suffix != ".gguf":
@@ -72,6 +77,8 @@ def load_tokenizer(path: str, gguf_file: str | None = None):
     from transformers import AutoTokenizer
 
     source, gguf, local = resolve_source(path, gguf_file)
+    if local and gguf is None and not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"tokenizer directory {path} has none of {', '.join(TOKENIZER_FILES)}")
     try:
         tok = AutoTokenizer.from_pretrained(source, gguf_file=gguf, local_files_only=local)
     except (OSError, ValueError) as err:

@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from endo_rl import evaluator
 
     out = Path(args.out)
+    _check_writable(out)
     if args.predictions is not None:
         if args.model is not None:
             raise UserError("--predictions re-grades saved completions: do not pass --model with it")
@@ -106,6 +107,21 @@ def run(args: argparse.Namespace) -> int:
     print(summary_table(report))
     print(f"\nreport: {out}")
     return 0
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any model loads when the report cannot be written."""
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UserError(f"--out {out}: {out.parent} is a file, not a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".{out.name}.write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(
+            f"--out {out}: directory {out.parent} is not writable ({err.strerror or err})"
+        ) from err
 
 
 def _generate_and_grade(args: argparse.Namespace, settings, out: Path) -> dict:

@@ -16,10 +16,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from endo_rl import config
+    from endo_rl import checkpoint, config
+    from endo_rl.errors import UserError
+    from endo_rl.trainer import NonFiniteError
     from endo_rl.trainer import run as train
 
     cfg = config.load(args.recipe, args.overrides)
-    final = train(cfg)
+    try:
+        final = train(cfg)
+    except NonFiniteError as err:  # one line and exit 2, naming the checkpoint to resume from
+        last = checkpoint.latest_checkpoint(cfg.output_dir)
+        raise UserError(f"{err}; last good checkpoint: {last or '(none)'}") from err
     print(f"final policy: {final}")
     return 0
