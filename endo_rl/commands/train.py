@@ -16,12 +16,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from endo_rl import checkpoint, config
+    from endo_rl import config
+
+    cfg = config.load(args.recipe, args.overrides)  # before torch is imported: config errors come fast
+    from endo_rl import checkpoint
     from endo_rl.errors import UserError
     from endo_rl.trainer import NonFiniteError
     from endo_rl.trainer import run as train
 
-    cfg = config.load(args.recipe, args.overrides)
     try:
         final = train(cfg)
     except NonFiniteError as err:  # one line and exit 2, naming the checkpoint to resume from
