@@ -138,7 +138,7 @@ def test_sigkill_at_a_random_time_then_resume_is_bitwise_identical(
     tiny_model_dir, straight_run, tmp_path, seed
 ):
     """Kill at a random moment once training has started (possibly after the run ended: then resume is a no-op)."""
-    delay = random.Random(seed).uniform(0.0, 6.0)
+    delay = random.Random(seed).uniform(0.0, 4.0)
     out = tmp_path / "killed"
     proc = start(tiny_model_dir, out)
     t0: list[float] = []
