@@ -7,7 +7,9 @@
 A checkpoint is written to `checkpoints/.tmp-step-N/` and renamed to `step-N/` only when every rank has
 finished writing and `trainer_state.json` (the data position and counters) is in place; a rename within one
 directory is atomic, so a run killed mid-save leaves a stray temp dir, never a half checkpoint that resume
-would pick. Only the newest `train.keep_last` checkpoints are kept.
+would pick. Only the newest `train.keep_last` checkpoints are kept; older ones are renamed to `.old-step-N/`
+before they are deleted. A write error (disk full) removes the temp dir and raises a UserError naming the
+checkpoint; the previous checkpoints are untouched.
 """
 
 from __future__ import annotations
@@ -85,8 +87,14 @@ def save(accelerator: Accelerator, output_dir: str | Path, step: int, state: dic
         if final.exists():  # re-saving a step (e.g. the end of a resumed run that had nothing left to do)
             shutil.rmtree(final)
         tmp.rename(final)
+        for debris in [*root.glob(".old-step-*"), *root.glob(".tmp-step-*")]:  # left by killed runs
+            shutil.rmtree(debris, ignore_errors=True)
+        # an old checkpoint is renamed out of the step-N namespace before it is deleted, so a kill during the
+        # deletion never leaves a half-deleted dir that still looks complete
         for old in complete_checkpoints(output_dir)[:-keep_last]:
-            shutil.rmtree(old)
+            trash = root / f".old-{old.name}"
+            old.rename(trash)
+            shutil.rmtree(trash)
     accelerator.wait_for_everyone()
     return final
 

@@ -206,8 +206,11 @@ def test_keep_last_and_resume_picks_the_newest_complete_checkpoint(tiny_model_di
     (root / ".tmp-step-5").mkdir()
     (root / "step-4").mkdir()
     (root / "step-4" / "model.safetensors").write_bytes(b"torn")
+    # and a half-deleted old checkpoint (a kill while pruning): out of the step-N namespace, so never picked
+    (root / ".old-step-2").mkdir()
+    (root / ".old-step-2" / checkpoint.STATE_FILE).write_text("{}")
     trainer = Trainer(tiny_cfg(tiny_model_dir, out, "resume=true", "train.max_steps=4", "train.keep_last=1"))
     assert trainer.step == 3 and f"resumed from {root / 'step-3'} (step 3)" in capsys.readouterr().out
     trainer.fit()
-    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["step-4"]
+    assert sorted(p.name for p in root.iterdir()) == ["step-4"]  # the debris is cleaned up by the next save
     assert (root / "step-4" / checkpoint.STATE_FILE).is_file()
