@@ -147,17 +147,17 @@ class Trainer:
             unit="step",
             disable=not acc.is_main_process,
         )
-        while self.step < cfg.train.max_steps:
-            metrics = self.train_step()
-            self.step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4g}", reward=f"{metrics['reward/total']:.4g}")
-            last = self.step == cfg.train.max_steps
-            if self.step % cfg.logging.log_every == 0 or last:
-                self._log(self.step, metrics)
-            if (cfg.train.save_every and self.step % cfg.train.save_every == 0) or last:
-                self.save()
-        bar.close()
+        with bar:  # closed (ending its line) also when a step raises, so an error message starts a new line
+            while self.step < cfg.train.max_steps:
+                metrics = self.train_step()
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4g}", reward=f"{metrics['reward/total']:.4g}")
+                last = self.step == cfg.train.max_steps
+                if self.step % cfg.logging.log_every == 0 or last:
+                    self._log(self.step, metrics)
+                if (cfg.train.save_every and self.step % cfg.train.save_every == 0) or last:
+                    self.save()
         if cfg.eval.after:
             self._log(self.step, self.evals.run("after", self.model, acc))
         final = checkpoint.export_final(
