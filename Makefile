@@ -28,5 +28,5 @@ score-demo: setup
 		--chat --prompt "What is the capital of France?" --response "The capital of France is Paris." --html score.html
 
 lint: setup
-	$(VENV)/bin/ruff check endo_rl tests bench
-	$(VENV)/bin/ruff format --check endo_rl tests bench
+	$(VENV)/bin/ruff check endo_rl tests bench launch
+	$(VENV)/bin/ruff format --check endo_rl tests bench launch

@@ -14,7 +14,10 @@ from endo_rl.errors import UserError
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
-    "quickstart": ("endo_rl.quickstart.command", "the paper's story end to end on a CPU in minutes (no downloads)"),
+    "quickstart": (
+        "endo_rl.quickstart.command",
+        "the paper's story end to end on a CPU in minutes (no downloads)",
+    ),
     "score": ("endo_rl.commands.score", "score a response with the endogenous reward of a model"),
     "train": ("endo_rl.commands.train", "RL fine-tuning (PPO/GRPO) from a YAML recipe"),
     "eval": ("endo_rl.commands.eval", "evaluate a model on math benchmarks"),

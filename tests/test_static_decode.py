@@ -16,8 +16,15 @@ def make_llama(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(cfg).double().eval()
 
 
@@ -29,7 +36,7 @@ def test_prefill_and_decode_logits_match_full_forward(make):
     ids = torch.full((3, 5), 0, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for r, p in enumerate(prompts):
-        ids[r, 5 - len(p):], mask[r, 5 - len(p):] = torch.tensor(p), 1
+        ids[r, 5 - len(p) :], mask[r, 5 - len(p) :] = torch.tensor(p), 1
     logits = decoder.prefill(ids, mask)
     continuation = torch.tensor([[21, 22, 23], [24, 25, 26], [27, 28, 29]])
     for t in range(continuation.shape[1] + 1):
