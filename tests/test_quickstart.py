@@ -145,6 +145,39 @@ def test_overrides_lay_over_quickstart_defaults_and_typos_name_the_key():
         qs_config.load(None, ["rl.train.lrr=1e-3"])
 
 
+# ----- report helpers -----------------------------------------------------------------------------------
+
+
+def test_error_exponent_recovers_a_power_law_and_refuses_zero_errors():
+    from endo_rl.quickstart.plots import error_by_horizon, fit_exponent
+
+    hs = [2, 3, 4, 5, 6]
+    assert fit_exponent(hs, [0.01 * h**2 for h in hs]) == pytest.approx(2.0)
+    assert fit_exponent(hs, [0.03 * h for h in hs]) == pytest.approx(1.0)
+    assert fit_exponent(hs, [0.0, 0.1, 0.2, 0.3, 0.4]) is None
+    acc = {"H3_greedy": 0.9, "H2_greedy": 0.95, "H2_sampled": 0.5}
+    assert error_by_horizon(acc, "greedy") == ([2, 3], [pytest.approx(0.05), pytest.approx(0.1)])
+
+
+def test_summary_table_has_mean_and_spread_over_runs(tmp_path):
+    from endo_rl.quickstart.summary import load_reports, markdown_table
+
+    for seed, (b, a) in enumerate([(0.5, 0.6), (0.7, 0.7)]):
+        run = tmp_path / f"s{seed}"
+        run.mkdir()
+        report = {
+            "before": {"H2_greedy": b},
+            "after": {"H2_greedy": a},
+            "mean": {"before": b, "after": a},
+            "settings": {"seed": seed},
+        }
+        (run / "report.json").write_text(json.dumps(report))
+    table = markdown_table(load_reports([str(tmp_path / "s0"), str(tmp_path / "s1")]))
+    assert "| H2_greedy | 60.0 ± 14.1 | 65.0 ± 7.1 | 5.0 ± 7.1 | 50.0 → 60.0 | 70.0 → 70.0 |" in table
+    with pytest.raises(UserError, match="report.json does not exist"):
+        load_reports([str(tmp_path / "missing")])
+
+
 # ----- end to end ---------------------------------------------------------------------------------------
 
 TINY = [

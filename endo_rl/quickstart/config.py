@@ -62,7 +62,7 @@ def default_rl() -> ExperimentConfig:
         data=DataConfig(prompt_field="prompt", answer_field="answer", template="plain", max_prompt_length=32),
         generation=GenerationConfig(max_new_tokens=64, temperature=1.0, batch_size=128),
         algo=AlgoConfig(name="grpo", kl_coef=0.01, group_size=8),
-        train=TrainConfig(max_steps=120, prompts_per_step=16, micro_batch_size=64, lr=5e-4),
+        train=TrainConfig(max_steps=240, prompts_per_step=16, micro_batch_size=64, lr=5e-5),
         logging=LoggingConfig(wandb=True, project="endo_rl-quickstart"),
     )
 

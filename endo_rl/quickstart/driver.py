@@ -165,7 +165,7 @@ def build_report(
         tag: sum(r.accuracy for r in res.values()) / len(res)
         for tag, res in (("before", before), ("after", after))
     }
-    return {
+    report = {
         "before": accuracies(before),
         "after": accuracies(after),
         "mean": mean,
@@ -178,6 +178,8 @@ def build_report(
         "settings": config_loader.to_dict(cfg),
         "timings": timings,
     }
+    report["error_exponent"] = plots.error_exponents(report)  # p of a fit error ~ H^p, per stage and mode
+    return report
 
 
 def format_table(report: dict) -> str:

@@ -29,7 +29,7 @@ class PretrainConfig:
     """Decoder layers."""
     hidden: int = 128
     """Hidden size (4 heads of 32, 2 KV heads)."""
-    steps: int = 300
+    steps: int = 250
     """Optimizer steps."""
     batch_size: int = 64
     """Traces per step."""
