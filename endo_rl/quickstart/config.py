@@ -73,8 +73,9 @@ class QuickstartConfig:
     """Where base/, rl/, data/, report.json and the plots go."""
     seed: int = 0
     """Seeds the problem sets, pretraining, RL and sampling."""
-    threads: int = 2
-    """torch CPU threads (1 is faster when other processes share the cores)."""
+    threads: int = 1
+    """torch CPU threads. 2 is ~1.5x faster on an idle 2-core machine, but when other processes share the
+    cores, OpenMP threads wait on each other and a step can take 20x longer; 1 degrades gracefully."""
     task: TaskConfig = field(default_factory=TaskConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: QuickstartEvalConfig = field(default_factory=QuickstartEvalConfig)
