@@ -173,7 +173,7 @@ def test_summary_table_has_mean_and_spread_over_runs(tmp_path):
         }
         (run / "report.json").write_text(json.dumps(report))
     table = markdown_table(load_reports([str(tmp_path / "s0"), str(tmp_path / "s1")]))
-    assert "| H2_greedy | 60.0 ± 14.1 | 65.0 ± 7.1 | 5.0 ± 7.1 | 50.0 → 60.0 | 70.0 → 70.0 |" in table
+    assert "| H2_greedy | 60.0 ± 14.1 | 65.0 ± 7.1 | +5.0 ± 7.1 | 50.0 → 60.0 | 70.0 → 70.0 |" in table
     with pytest.raises(UserError, match="report.json does not exist"):
         load_reports([str(tmp_path / "missing")])
 

@@ -1,6 +1,6 @@
 """A character-level tokenizer for the synthetic task: one token per character, saved in Hugging Face format.
 
-A 152k-token vocabulary would make the LM head dominate CPU training; the task needs 20 characters. Pad, eos
+A 152k-token vocabulary would make the LM head dominate CPU training; the task needs 21 characters. Pad, eos
 and unk have their own ids (pad != eos), and encoding adds no special tokens, so a prompt's ids are its
 characters one for one.
 
