@@ -203,7 +203,8 @@ TINY = [
 
 
 def test_tiny_quickstart_end_to_end(tmp_path):
-    """The CLI as a user runs it: report.json with every set, the table, both plots, metrics and wandb files."""
+    """The CLI as a user runs it: report.json with every set, the table, both plots, metrics and wandb files;
+    an existing output dir is refused; the same seed reproduces the run."""
     out = tmp_path / "qs"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run(
@@ -235,3 +236,18 @@ def test_tiny_quickstart_end_to_end(tmp_path):
         timeout=120,
     )
     assert again.returncode == 2 and str(out) in again.stderr
+    # same seed, another dir: the same pretraining loss, rollout rewards and scores (CPU, one thread)
+    twin = tmp_path / "twin"
+    rerun = subprocess.run(
+        [sys.executable, "-m", "endo_rl.quickstart", "--out", str(twin), "--seed", "3", *TINY],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    twin_report = json.loads((twin / "report.json").read_text())
+    assert twin_report["pretrain_loss"] == report["pretrain_loss"]
+    assert (twin_report["before"], twin_report["after"]) == (report["before"], report["after"])
+    twin_rows = [json.loads(line) for line in (twin / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("reward/total") for r in twin_rows] == [r.get("reward/total") for r in rows]
