@@ -137,6 +137,15 @@ def test_collapse_recipe_loads_and_differs_only_in_what_it_says():
     assert collapse.rl.reward.correctness.weight == 0  # pure endogenous reward: the collapse is its own
 
 
+def test_impossible_task_settings_are_user_errors():
+    from endo_rl.quickstart.driver import make_quickstart_splits
+
+    with pytest.raises(UserError, match="task.*outside the training range"):
+        make_quickstart_splits(qs_config.load(None, ["task.eval_horizons=[7]"]))
+    with pytest.raises(UserError, match="task.*only 100 exist"):
+        make_quickstart_splits(qs_config.load(None, ["task.eval_horizons=[1]"]))
+
+
 def test_overrides_lay_over_quickstart_defaults_and_typos_name_the_key():
     cfg = qs_config.load(None, ["rl.train.lr=1e-3"])
     assert cfg.rl.train.lr == 1e-3

@@ -60,16 +60,20 @@ class CurveTrainer(Trainer):
 
 
 def make_quickstart_splits(cfg: QuickstartConfig) -> Splits:
+    """The run's problem sets; impossible task settings are a UserError naming the `task.*` keys."""
     t = cfg.task
-    return make_splits(
-        cfg.seed,
-        t.train_horizons,
-        t.eval_horizons,
-        t.n_demonstrations,
-        t.n_rl_prompts,
-        t.n_eval,
-        t.max_operand,
-    )
+    try:
+        return make_splits(
+            cfg.seed,
+            t.train_horizons,
+            t.eval_horizons,
+            t.n_demonstrations,
+            t.n_rl_prompts,
+            t.n_eval,
+            t.max_operand,
+        )
+    except ValueError as err:
+        raise UserError(f"config section 'task': {err}") from err
 
 
 def _prepare_output(output_dir: str) -> Path:
@@ -107,9 +111,9 @@ def run(cfg: QuickstartConfig, log=print) -> dict:
     timings: dict[str, float] = {}
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    splits = make_quickstart_splits(cfg)  # first: impossible task settings fail before anything is written
     out = _prepare_output(cfg.output_dir)
     config_loader.save(cfg, out / "quickstart_config.yaml")
-    splits = make_quickstart_splits(cfg)
     _write_jsonl(out / "data" / "rl.jsonl", rl_rows(splits.rl))
     # the model's config is saved first: it decides how AutoTokenizer loads the tokenizer (see tokenizer.py)
     base = tiny_qwen2(build_tokenizer(), cfg.pretrain, cfg.seed)
