@@ -42,8 +42,8 @@ def peak_bytes(device: str) -> int:
 
 
 def run_one(args: argparse.Namespace) -> dict:
-    from endo_rl.batch import pack
-    from endo_rl.refmodel import naive_reference_forward, reference_forward
+    from endo_rl.core.batch import pack
+    from endo_rl.reward.reference import naive_reference_forward, reference_forward
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     model = tiny_qwen(args.vocab, args.hidden, args.layers, dtype, args.device)

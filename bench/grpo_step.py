@@ -113,8 +113,8 @@ def copy_bandwidth(device: str) -> float:
 
 def part_decode(args: argparse.Namespace, model, tokenizer) -> dict:
     """Decode-step time = (time for N new tokens - time for 1 new token) / (N - 1): prefill excluded."""
-    from endo_rl import static_decode
-    from endo_rl.generation import SamplingConfig
+    from endo_rl.generation import static as static_decode
+    from endo_rl.generation.sampling import SamplingConfig
 
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bound_ms = 1e3 * weight_bytes / copy_bandwidth(args.device) if args.device == "cuda" else float("nan")
@@ -152,8 +152,8 @@ def part_decode(args: argparse.Namespace, model, tokenizer) -> dict:
 
 
 def part_reference(args: argparse.Namespace, model, tokenizer) -> dict:
-    from endo_rl.batch import pack
-    from endo_rl.refmodel import reference_forward
+    from endo_rl.core.batch import pack
+    from endo_rl.reward.reference import reference_forward
 
     n = args.prompts * args.group
     g = torch.Generator().manual_seed(0)
@@ -181,9 +181,9 @@ def part_reference(args: argparse.Namespace, model, tokenizer) -> dict:
 
 def part_ours(args: argparse.Namespace, model, tokenizer, algo: str = "grpo") -> dict:
     """Our trainer's step; GRPO (sequence reward) or PPO (dense token rewards, value head, GAE)."""
-    from endo_rl import config
-    from endo_rl.data import Prompt
-    from endo_rl.trainer import Trainer
+    from endo_rl.core import config
+    from endo_rl.rl.data import Prompt
+    from endo_rl.rl.trainer import Trainer
 
     overrides = [
         f"output_dir={tempfile.mkdtemp()}",
@@ -243,7 +243,7 @@ def part_trl(args: argparse.Namespace, model, tokenizer) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from endo_rl.refmodel import ReferenceModel
+    from endo_rl.reward.reference import ReferenceModel
     from endo_rl.trl_adapter import EndogenousRewardFunc
 
     # the reward runs on a second frozen copy, as a TRL user would set it up; TRL keeps its own KL reference

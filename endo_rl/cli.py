@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {

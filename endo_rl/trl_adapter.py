@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from endo_rl import models, scoring
-from endo_rl.errors import UserError
-from endo_rl.refmodel import ReferenceModel
+from endo_rl.core import models
+from endo_rl.core.errors import UserError
+from endo_rl.reward import text as scoring
+from endo_rl.reward.reference import ReferenceModel
 
 
 def _is_conversational(prompt: Any) -> bool:

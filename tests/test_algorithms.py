@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from endo_rl import algorithms as A
-from endo_rl import reward_mix
+from endo_rl.rl import algorithms as A
+from endo_rl.rl import rewards as reward_mix
 
 T, F = True, False
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from endo_rl import config, config_loader
-from endo_rl.errors import UserError
+from endo_rl.core import config, config_loader
+from endo_rl.core.errors import UserError
 
 
 def test_yaml_then_overrides(tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from endo_rl import config
-from endo_rl.errors import UserError
+from endo_rl.core import config
+from endo_rl.core.errors import UserError
 
 
 def test_batch_sizes_divisible_by_world_and_micro_batch():

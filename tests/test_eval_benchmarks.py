@@ -7,9 +7,10 @@ import json
 import pytest
 from conftest import BENCHMARKS
 
-from endo_rl.benchmarks import SPECS, load_benchmark, parse_names, read_jsonl
-from endo_rl.errors import UserError
-from endo_rl.grading import last_boxed
+from endo_rl.core.answers import last_boxed
+from endo_rl.core.errors import UserError
+from endo_rl.core.jsonl import read_jsonl
+from endo_rl.evaluation.benchmarks import SPECS, load_benchmark, parse_names
 
 SIZES = {
     "math500": 500,
@@ -114,13 +115,13 @@ def test_last_boxed(text, boxed):
 
 
 def test_qwen_stop_tokens_are_endoftext_and_im_end(qwen_tokenizer):
-    from endo_rl.templates import stop_token_ids
+    from endo_rl.core.templates import stop_token_ids
 
     assert stop_token_ids(qwen_tokenizer) == [151643, 151645]
 
 
 def test_qwen25_math_cot_is_the_pinned_chatml_prompt(qwen_tokenizer):
-    from endo_rl.templates import prompt_ids
+    from endo_rl.core.templates import prompt_ids
 
     question = "What is $\\frac{1}{2} + \\frac{1}{2}$?"
     ids = prompt_ids("qwen25-math-cot", qwen_tokenizer, question)
@@ -134,7 +135,7 @@ def test_qwen25_math_cot_is_the_pinned_chatml_prompt(qwen_tokenizer):
 
 
 def test_unknown_template_lists_valid_ones(qwen_tokenizer):
-    from endo_rl.templates import prompt_ids
+    from endo_rl.core.templates import prompt_ids
 
     with pytest.raises(UserError, match="unknown template 'cot'.*qwen25-math-cot, chat-cot, plain"):
         prompt_ids("cot", qwen_tokenizer, "q")

@@ -9,8 +9,8 @@ import sys
 import pytest
 from conftest import BENCHMARKS
 
-from endo_rl.errors import UserError
-from endo_rl.evaluator import EvalSettings, evaluate
+from endo_rl.core.errors import UserError
+from endo_rl.evaluation.evaluator import EvalSettings, evaluate
 
 
 def endo_rl(*args: str) -> subprocess.CompletedProcess:
@@ -59,7 +59,7 @@ def _comparable(report: dict) -> dict:
 
 
 def test_killed_eval_resumes_and_gives_the_same_report(tiny_model_dir, tmp_path):
-    from endo_rl.models import load_causal_lm, load_tokenizer
+    from endo_rl.core.models import load_causal_lm, load_tokenizer
 
     model, tok = load_causal_lm(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
     settings = EvalSettings(benchmarks=["aime24", "amc23"], data_dir=str(BENCHMARKS), limit=3, max_new_tokens=6,

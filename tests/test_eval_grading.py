@@ -8,8 +8,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 
-from endo_rl import eval_metrics
-from endo_rl.grading import Grader
+from endo_rl.evaluation import metrics as eval_metrics
+from endo_rl.evaluation.grading import Grader
 
 
 @pytest.fixture(scope="module")

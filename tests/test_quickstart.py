@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
 from endo_rl.quickstart import config as qs_config
 from endo_rl.quickstart.task import Problem, extract_answer, is_correct, make_splits, sample_set
 from endo_rl.quickstart.tokenizer import SYMBOLS, build_tokenizer, encode, save_and_reload

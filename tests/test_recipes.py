@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from endo_rl import config
+from endo_rl.core import config
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # rm_eval recipes are RM-Bench settings, not training configs

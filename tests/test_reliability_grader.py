@@ -22,7 +22,8 @@ from conftest import BENCHMARKS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from endo_rl.grading import STATUSES, Grader, last_boxed
+from endo_rl.core.answers import last_boxed
+from endo_rl.evaluation.grading import STATUSES, Grader
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S, GRACE_S = 1.0, 1.0

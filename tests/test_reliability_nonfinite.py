@@ -15,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from endo_rl import checkpoint, config
-from endo_rl.run_log import read_metrics
-from endo_rl.trainer import NonFiniteError, Trainer
+from endo_rl.core import config
+from endo_rl.rl import checkpoint
+from endo_rl.rl.run_log import read_metrics
+from endo_rl.rl.trainer import NonFiniteError, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "debug" / "tiny_cpu.yaml"

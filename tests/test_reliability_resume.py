@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from endo_rl import checkpoint
+from endo_rl.rl import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "debug" / "tiny_cpu.yaml"
@@ -159,7 +159,7 @@ def test_sigkill_at_a_random_time_then_resume_is_bitwise_identical(
 
 
 def tiny_cfg(model_dir: Path, out: Path, *overrides: str):
-    from endo_rl import config
+    from endo_rl.core import config
 
     fixed = [f"model.path={model_dir}", f"output_dir={out}", f"data.train={PROMPTS}", "logging.wandb=false"]
     return config.load(RECIPE, [*fixed, f"train.max_steps={STEPS}", *overrides], world_size=1)
@@ -167,8 +167,8 @@ def tiny_cfg(model_dir: Path, out: Path, *overrides: str):
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
     """torch.save (the optimizer file) fails with ENOSPC in step 2's save, after writing part of the file."""
-    from endo_rl.errors import UserError
-    from endo_rl.trainer import run
+    from endo_rl.core.errors import UserError
+    from endo_rl.rl.trainer import run
 
     real_save = torch.save
 
@@ -196,7 +196,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_model_dir, tm
 
 
 def test_keep_last_and_resume_picks_the_newest_complete_checkpoint(tiny_model_dir, tmp_path, capsys):
-    from endo_rl.trainer import Trainer
+    from endo_rl.rl.trainer import Trainer
 
     out = tmp_path / "run"
     Trainer(tiny_cfg(tiny_model_dir, out, "train.keep_last=1")).fit()

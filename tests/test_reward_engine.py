@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import make_tiny_qwen
 
-from endo_rl import reward
-from endo_rl.batch import pack
-from endo_rl.refmodel import ReferenceModel, naive_reference_forward, reference_forward
+from endo_rl.core.batch import pack
+from endo_rl.reward import endogenous as reward
+from endo_rl.reward.reference import ReferenceModel, naive_reference_forward, reference_forward
 
 EOS = 151645
 PAD = 151643  # Qwen's <|endoftext|>: also a real token that can appear inside a response
@@ -147,7 +147,7 @@ def test_score_each_keeps_input_order(qwen_tokenizer, pairs):
 
 
 def test_policy_head_chunks_match_full_log_softmax_with_gradients():
-    from endo_rl.policy import head_logprobs
+    from endo_rl.rl.policy import head_logprobs
 
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 100, bias=False).double()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from endo_rl import rm_eval
+from endo_rl.rm_eval import metrics as rm_eval
 
 ENDO_RL = str(Path(sys.executable).parent / "endo-rl")
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from endo_rl import scoring
-from endo_rl.refmodel import ReferenceModel
+from endo_rl.reward import text as scoring
+from endo_rl.reward.reference import ReferenceModel
 
 ENDO_RL = str(Path(sys.executable).parent / "endo-rl")
 PROMPT, RESPONSE = "What is 7 times 6?", "7 times 6 is 42."

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import make_tiny_qwen
 
-from endo_rl import static_decode
-from endo_rl.generation import SamplingConfig, generate
+from endo_rl.generation import static as static_decode
+from endo_rl.generation.sampling import SamplingConfig, generate
 
 PAD, EOS = 151643, 151645
 

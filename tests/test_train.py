@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from endo_rl import checkpoint, config
-from endo_rl.run_log import read_metrics
-from endo_rl.trainer import NonFiniteError, run
+from endo_rl.core import config
+from endo_rl.rl import checkpoint
+from endo_rl.rl.run_log import read_metrics
+from endo_rl.rl.trainer import NonFiniteError, run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CPU = REPO / "recipes" / "debug" / "tiny_cpu.yaml"
@@ -142,7 +143,7 @@ def test_nonfinite_skip_counts_and_keeps_weights(tiny_model_dir, tmp_path):
 def test_lora_trains_the_adapter_and_references_the_base(tiny_model_dir, tmp_path, save):
     from transformers import AutoModelForCausalLM
 
-    from endo_rl.trainer import Trainer
+    from endo_rl.rl.trainer import Trainer
 
     cfg = tiny_cfg(
         tiny_model_dir,
@@ -176,9 +177,9 @@ def test_lora_trains_the_adapter_and_references_the_base(tiny_model_dir, tmp_pat
 def test_reward_system_prompt_rescores_on_its_own_prompt_and_kl_keeps_the_policy_prompt(
     tiny_model_dir, tmp_path
 ):
-    from endo_rl import distributed
-    from endo_rl import rollout as rl
-    from endo_rl.trainer import Trainer
+    from endo_rl.rl import distributed
+    from endo_rl.rl import rollout as rl
+    from endo_rl.rl.trainer import Trainer
 
     cfg = tiny_cfg(
         tiny_model_dir,

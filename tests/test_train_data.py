@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from endo_rl import checkpoint
-from endo_rl.checkpoint import check_output_dir
-from endo_rl.config import DataConfig
-from endo_rl.data import PromptOrder, load_prompts
-from endo_rl.errors import UserError
+from endo_rl.core.config import DataConfig
+from endo_rl.core.errors import UserError
+from endo_rl.rl import checkpoint
+from endo_rl.rl.checkpoint import check_output_dir
+from endo_rl.rl.data import PromptOrder, load_prompts
 
 PROMPTS = Path(__file__).resolve().parents[1] / "recipes" / "debug" / "arithmetic.jsonl"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from endo_rl.run_log import read_metrics
+from endo_rl.rl.run_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "debug" / "tiny_gpu.yaml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from endo_rl import scoring
+from endo_rl.reward import text as scoring
 from endo_rl.trl_adapter import EndogenousRewardFunc
 
 

@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from endo_rl.reports import compare_reports, load_report
+    from endo_rl.evaluation.reports import compare_reports, load_report
 
     before, after = load_report(args.before), load_report(args.after)
     png = Path(args.png) if args.png else Path(args.after).with_suffix(".compare.png")

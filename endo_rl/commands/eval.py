@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from endo_rl.benchmarks import PAPER_BENCHMARKS, SPECS
-    from endo_rl.templates import TEMPLATES
+    from endo_rl.core.templates import TEMPLATES
+    from endo_rl.evaluation.benchmarks import PAPER_BENCHMARKS, SPECS
 
     p.add_argument("--model", default=None, help="model directory, .gguf file, or Hub id")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (a directory)")
@@ -51,8 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from endo_rl.benchmarks import parse_names
-    from endo_rl.evaluator import EvalSettings
+    from endo_rl.evaluation.benchmarks import parse_names
+    from endo_rl.evaluation.evaluator import EvalSettings
 
     return EvalSettings(
         benchmarks=parse_names(args.benchmarks),
@@ -87,7 +87,7 @@ def summary_table(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from endo_rl import evaluator
+    from endo_rl.evaluation import evaluator
 
     out = Path(args.out)
     _check_writable(out)
@@ -125,7 +125,8 @@ def _check_writable(out: Path) -> None:
 
 
 def _generate_and_grade(args: argparse.Namespace, settings, out: Path) -> dict:
-    from endo_rl import evaluator, models
+    from endo_rl.core import models
+    from endo_rl.evaluation import evaluator
 
     device = args.device or models.default_device()
     tokenizer = models.load_tokenizer(

@@ -13,8 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from endo_rl.errors import UserError
-from endo_rl.rm_eval import METHODS
+from endo_rl.core.errors import UserError
+from endo_rl.rm_eval.metrics import METHODS
 
 RESULTS_VERSION = 1
 """Bumped when the stored per-item scores change meaning (templates, score definitions)."""
@@ -228,9 +228,9 @@ def score_pending(args, items, ranks: list[int], done: dict, header: dict, path:
     """Score the items not in `done`, appending each record to `path` as soon as its group is scored."""
     from tqdm.auto import tqdm
 
-    from endo_rl import models
-    from endo_rl.refmodel import ReferenceModel
-    from endo_rl.rm_methods import Judge
+    from endo_rl.core import models
+    from endo_rl.reward.reference import ReferenceModel
+    from endo_rl.rm_eval.judges import Judge
 
     pending = [k for k, it in enumerate(items) if it.key not in done]
     if not pending:
@@ -266,7 +266,7 @@ def score_pending(args, items, ranks: list[int], done: dict, header: dict, path:
 
 
 def build_report(args, items, done: dict, header: dict) -> dict:
-    from endo_rl import rm_eval
+    from endo_rl.rm_eval import metrics as rm_eval
 
     by_key = {it.key: it for it in items}
     records = [done[it.key] for it in items]
@@ -290,7 +290,8 @@ def build_report(args, items, done: dict, header: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from endo_rl import rm_data, rm_plots
+    from endo_rl.rm_eval import data as rm_data
+    from endo_rl.rm_eval import plots as rm_plots
 
     check_args(args)
     limits = parse_method_limits(args.method_limit, args.methods)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,8 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from endo_rl import models, scoring
-    from endo_rl.refmodel import ReferenceModel
+    from endo_rl.core import models
+    from endo_rl.reward import text as scoring
+    from endo_rl.reward.reference import ReferenceModel
 
     if args.alpha <= 0:
         raise UserError(f"--alpha must be > 0, got {args.alpha}")

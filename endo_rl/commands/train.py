@@ -16,13 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from endo_rl import config
+    from endo_rl.core import config
 
     cfg = config.load(args.recipe, args.overrides)  # before torch is imported: config errors come fast
-    from endo_rl import checkpoint
-    from endo_rl.errors import UserError
-    from endo_rl.trainer import NonFiniteError
-    from endo_rl.trainer import run as train
+    from endo_rl.core.errors import UserError
+    from endo_rl.rl import checkpoint
+    from endo_rl.rl.trainer import NonFiniteError
+    from endo_rl.rl.trainer import run as train
 
     try:
         final = train(cfg)

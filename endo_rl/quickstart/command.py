@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

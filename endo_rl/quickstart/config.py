@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from endo_rl import config_loader
-from endo_rl.config import (
+from endo_rl.core import config_loader
+from endo_rl.core.config import (
     AlgoConfig,
     DataConfig,
     EndogenousRewardConfig,

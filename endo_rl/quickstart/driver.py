@@ -18,15 +18,16 @@ from pathlib import Path
 
 import torch
 
-from endo_rl import config_loader, distributed, models
-from endo_rl.errors import UserError
+from endo_rl.core import config_loader, models
+from endo_rl.core.errors import UserError
 from endo_rl.quickstart import plots
 from endo_rl.quickstart.config import QuickstartConfig
 from endo_rl.quickstart.evaluate import EvalSettings, SetResult, accuracies, evaluate
 from endo_rl.quickstart.pretrain import pretrain, save_model, tiny_qwen2
 from endo_rl.quickstart.task import Problem, Splits, make_splits, rl_rows
 from endo_rl.quickstart.tokenizer import build_tokenizer, save_and_reload
-from endo_rl.trainer import Trainer
+from endo_rl.rl import distributed
+from endo_rl.rl.trainer import Trainer
 
 
 class CurveTrainer(Trainer):

@@ -6,7 +6,7 @@ import math
 import re
 from pathlib import Path
 
-from endo_rl.run_log import read_metrics
+from endo_rl.rl.run_log import read_metrics
 
 _SET = re.compile(r"^H(\d+)_(greedy|sampled)$")
 

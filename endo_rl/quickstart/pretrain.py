@@ -119,7 +119,7 @@ def pretrain(
 
 
 def save_model(model, out_dir: str | Path) -> None:
-    """HF format (config, safetensors) next to the tokenizer: loadable by `endo_rl.models` like any checkpoint."""
+    """HF format (config, safetensors) next to the tokenizer: loadable by `endo_rl.core.models` like any checkpoint."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config.do_sample = False

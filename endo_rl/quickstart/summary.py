@@ -11,7 +11,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
 
 
 def load_reports(dirs: list[str]) -> list[dict]:

@@ -8,7 +8,7 @@ Why strictly one token per character: `AutoTokenizer` in transformers 5 does not
 a `qwen2` config as saved; it rebuilds it as a `Qwen2Tokenizer` (byte-level BPE with Qwen's pre-tokenizer
 regex) from the vocabulary. A multi-character token such as `\\boxed{` is then never produced (it was silently
 dropped), while single ASCII characters survive the rebuild with their ids. The quickstart therefore loads
-the saved tokenizer back through `endo_rl.models.load_tokenizer`, as the trainer does, and uses that one.
+the saved tokenizer back through `endo_rl.core.models.load_tokenizer`, as the trainer does, and uses that one.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ def build_tokenizer():
 
 
 def save_and_reload(out_dir: str | Path):
-    """Build, save to `out_dir`, and return the tokenizer as `endo_rl.models.load_tokenizer` loads it.
+    """Build, save to `out_dir`, and return the tokenizer as `endo_rl.core.models.load_tokenizer` loads it.
 
     Raises ValueError when the loaded tokenizer does not map every character to its own id.
     """
-    from endo_rl.models import load_tokenizer
+    from endo_rl.core.models import load_tokenizer
 
     built = build_tokenizer()
     built.save_pretrained(str(out_dir))

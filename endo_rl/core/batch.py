@@ -8,11 +8,12 @@ Shape legend: B batch, T padded sequence length, L longest response.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
 
 
 @dataclass
@@ -74,3 +75,13 @@ def pack(
         response_mask_BL,
         response_ids_BL,
     )
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, p in enumerate(prompts):
+        input_ids[row, width - len(p) :] = torch.tensor(list(p))
+        attention_mask[row, width - len(p) :] = 1
+    return input_ids, attention_mask

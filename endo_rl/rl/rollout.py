@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from endo_rl.batch import PackedBatch, pack
-from endo_rl.refmodel import reference_forward
+from endo_rl.core.batch import PackedBatch, pack
+from endo_rl.reward.reference import reference_forward
 
 
 @dataclass

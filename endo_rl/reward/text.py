@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
 
 
 def plain_ids(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from endo_rl import scoring, templates
-from endo_rl.benchmarks import read_jsonl
-from endo_rl.config import DataConfig
-from endo_rl.errors import UserError
-from endo_rl.grading import last_boxed
+from endo_rl.core import templates
+from endo_rl.core.answers import last_boxed
+from endo_rl.core.config import DataConfig
+from endo_rl.core.errors import UserError
+from endo_rl.core.jsonl import read_jsonl
+from endo_rl.reward import text as scoring
 
 
 @dataclass(frozen=True)

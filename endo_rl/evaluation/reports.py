@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
 
 _MUST_MATCH = ("template", "max_new_tokens", "temperature", "top_p", "n_samples", "limit")
 

@@ -1,4 +1,4 @@
-"""Evaluation before and after training, through the evaluator (`endo_rl.evaluator.evaluate`).
+"""Evaluation before and after training, through the evaluator (`endo_rl.evaluation.evaluator.evaluate`).
 
 Reports go to OUTPUT_DIR/eval/{before,after}/ and, when both exist, the comparison table is printed and drawn
 to OUTPUT_DIR/eval/comparison.png. The evaluation uses the training template (`data.template`) so before and
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from endo_rl import distributed
-from endo_rl.config import ExperimentConfig
+from endo_rl.core.config import ExperimentConfig
+from endo_rl.rl import distributed
 
 
 class TrainEval:
@@ -22,7 +22,7 @@ class TrainEval:
         self.cfg, self.dir, self.tokenizer = cfg, Path(output_dir) / "eval", tokenizer
 
     def settings(self):
-        from endo_rl.evaluator import EvalSettings
+        from endo_rl.evaluation.evaluator import EvalSettings
 
         e = self.cfg.eval
         return EvalSettings(
@@ -39,7 +39,7 @@ class TrainEval:
 
     def run(self, tag: str, model: torch.nn.Module, accelerator) -> dict[str, float]:
         """Evaluate the current policy; returns metrics `eval/<benchmark>/accuracy` and `eval/accuracy`."""
-        from endo_rl.evaluator import evaluate
+        from endo_rl.evaluation.evaluator import evaluate
 
         settings = self.settings()
         settings.validate()
@@ -64,7 +64,7 @@ class TrainEval:
         before_path = self.dir / "before" / "report.json"
         if not before_path.exists():
             return
-        from endo_rl.reports import compare_reports
+        from endo_rl.evaluation.reports import compare_reports
 
         before = json.loads(before_path.read_text(encoding="utf-8"))
         print(compare_reports(before, after, self.dir / "comparison.png"))

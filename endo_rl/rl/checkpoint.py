@@ -21,8 +21,8 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from endo_rl import distributed
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
+from endo_rl.rl import distributed
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"

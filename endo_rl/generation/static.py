@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from endo_rl.generation import left_pad
+from endo_rl.core.batch import left_pad
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 

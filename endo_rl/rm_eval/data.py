@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
 
 RMBENCH_SUFFIX = "_filtered"
 STYLES = ("concise", "detailed_plain", "detailed_markdown")

@@ -23,11 +23,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from endo_rl import scoring
-from endo_rl.batch import pack
-from endo_rl.errors import UserError
-from endo_rl.refmodel import ReferenceModel, final_hidden_states, gather_response_hidden
-from endo_rl.rm_eval import METHODS  # noqa: F401  (re-exported: the method names live with the pure code)
+from endo_rl.core.batch import pack
+from endo_rl.core.errors import UserError
+from endo_rl.reward import text as scoring
+from endo_rl.reward.reference import ReferenceModel, final_hidden_states, gather_response_hidden
+from endo_rl.rm_eval.metrics import METHODS  # noqa: F401  (re-exported: the method names live with the pure code)
 
 VERIFIER_TEMPLATE = (
     "Here is a question and a response to it.\n\nQuestion:\n{prompt}\n\nResponse:\n{response}\n\n"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from endo_rl.rollout import Rollout
+from endo_rl.rl.rollout import Rollout
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 

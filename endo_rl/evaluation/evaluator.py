@@ -4,7 +4,7 @@
         problems   = load_benchmark(name)[:limit]
         todo       = (problem, sample) pairs not yet in the predictions file        # resume
         for chunk of todo (sorted by prompt length):
-            completions = generate(model, prompts, ...)                              # endo_rl.generation
+            completions = generate(model, prompts, ...)                              # endo_rl.generation.sampling
             append each to predictions.jsonl                                          # survives a kill
         grades     = Grader (math-verify in a child process, hard timeout)
         metrics    = accuracy/avg@k +- stderr, truncated, no answer, timeouts, parse errors, tokens, time
@@ -24,22 +24,28 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from endo_rl import eval_metrics, templates
-from endo_rl.benchmarks import PAPER_BENCHMARKS, Problem, check_name, load_benchmark
-from endo_rl.errors import UserError
-from endo_rl.generation import SamplingConfig, generate
-from endo_rl.grading import Grade, Grader
-from endo_rl.predictions import Prediction, PredictionWriter, check_resume_settings, read_predictions
+from endo_rl.core import templates
+from endo_rl.core.errors import UserError
+from endo_rl.evaluation import metrics as eval_metrics
+from endo_rl.evaluation.benchmarks import PAPER_BENCHMARKS, Problem, check_name, load_benchmark
+from endo_rl.evaluation.grading import Grade, Grader
+from endo_rl.evaluation.predictions import (
+    Prediction,
+    PredictionWriter,
+    check_resume_settings,
+    read_predictions,
+)
+from endo_rl.generation.sampling import SamplingConfig, generate
 
 
 @dataclass
 class EvalSettings:
     benchmarks: list[str] = field(default_factory=lambda: list(PAPER_BENCHMARKS))
-    """Benchmark names (see endo_rl.benchmarks.SPECS)."""
+    """Benchmark names (see endo_rl.evaluation.benchmarks.SPECS)."""
     data_dir: str | None = None
     """Directory with <name>/test.jsonl; None loads the Hub datasets."""
     template: str = "qwen25-math-cot"
-    """Prompt template (endo_rl.templates.TEMPLATES); use the same before and after training."""
+    """Prompt template (endo_rl.core.templates.TEMPLATES); use the same before and after training."""
     max_new_tokens: int = 1024
     temperature: float = 0.0
     """0 is greedy decoding."""

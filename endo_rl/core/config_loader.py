@@ -1,6 +1,6 @@
 """Typed config from YAML plus `a.b=value` overrides, with errors that name the key and the closest valid one.
 
-Generic over any dataclass schema (the schema itself is in `endo_rl.config`). Values are checked against the
+Generic over any dataclass schema (the schema itself is in `endo_rl.core.config`). Values are checked against the
 field's type annotation: int, float, bool, str, Optional[...], list[...], Literal[...] and nested dataclasses.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
 
 
 def _suggest(key: str, valid: list[str], prefix: str = "") -> str:

@@ -15,7 +15,7 @@ models end ChatML turns with `<|im_end|>` but their EOS is `<|endoftext|>`; chat
 
 from __future__ import annotations
 
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
 
 COT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 QWEN25_MATH_COT = (

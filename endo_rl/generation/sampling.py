@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from endo_rl.core.batch import left_pad
+
 
 @dataclass
 class SamplingConfig:
@@ -42,16 +44,6 @@ def _cut(row: list[int], stop_ids: set[int], max_new_tokens: int) -> tuple[list[
     return row[:max_new_tokens], True
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, p in enumerate(prompts):
-        input_ids[row, width - len(p) :] = torch.tensor(list(p))
-        attention_mask[row, width - len(p) :] = 1
-    return input_ids, attention_mask
-
-
 def _hf_rows(model, prompts, sampling: SamplingConfig, stop_ids, pad_id: int) -> list[list[int]]:
     """HF generate on one left-padded micro-batch; the generated columns of each row."""
     greedy = sampling.temperature == 0
@@ -76,7 +68,7 @@ def _hf_rows(model, prompts, sampling: SamplingConfig, stop_ids, pad_id: int) ->
 
 def resolve_backend(model: torch.nn.Module, backend: str) -> str:
     """'auto' -> 'static' on CUDA for supported models, else 'hf'; 'static' on an unsupported model is an error."""
-    from endo_rl import static_decode
+    from endo_rl.generation import static as static_decode
 
     if backend not in ("auto", "hf", "static"):
         raise ValueError(f"generation backend must be 'auto', 'hf' or 'static', got {backend!r}")
@@ -104,14 +96,14 @@ def generate(
     """One completion per prompt (repeat a prompt to sample it several times), in input order.
 
     Prompts are sorted by length into micro-batches of `batch_size` and left-padded. `backend="static"` decodes
-    with a preallocated KV cache and CUDA graphs (`endo_rl.static_decode`; Llama/Qwen2-style models only);
+    with a preallocated KV cache and CUDA graphs (`endo_rl.generation.static`; Llama/Qwen2-style models only);
     "auto" picks it on CUDA when the model supports it.
     """
     backend = resolve_backend(model, backend)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     decoder = None
     if backend == "static":
-        from endo_rl import static_decode
+        from endo_rl.generation import static as static_decode
 
         max_len = max(len(p) for p in prompt_ids) + sampling.max_new_tokens
         decoder = static_decode.StaticDecoder(model, min(batch_size, len(order)), max_len)

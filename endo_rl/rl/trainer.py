@@ -27,25 +27,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from endo_rl import (
-    algorithms,
-    checkpoint,
-    config_loader,
-    distributed,
-    models,
-    reward_mix,
-    step_metrics,
-    templates,
-    train_setup,
-)
-from endo_rl import rollout as rl
-from endo_rl.config import ExperimentConfig, check_batch_sizes, world_size_from_env
-from endo_rl.data import Prompt, PromptOrder, load_prompts
-from endo_rl.errors import UserError
-from endo_rl.generation import SamplingConfig, generate
-from endo_rl.policy import PolicyModel
-from endo_rl.run_log import RunLog
-from endo_rl.train_eval import TrainEval
+from endo_rl.core import config_loader, models, templates
+from endo_rl.core.config import ExperimentConfig, check_batch_sizes, world_size_from_env
+from endo_rl.core.errors import UserError
+from endo_rl.generation.sampling import SamplingConfig, generate
+from endo_rl.rl import algorithms, checkpoint, distributed
+from endo_rl.rl import metrics as step_metrics
+from endo_rl.rl import rewards as reward_mix
+from endo_rl.rl import rollout as rl
+from endo_rl.rl import setup as train_setup
+from endo_rl.rl.data import Prompt, PromptOrder, load_prompts
+from endo_rl.rl.evals import TrainEval
+from endo_rl.rl.policy import PolicyModel
+from endo_rl.rl.run_log import RunLog
 
 
 class NonFiniteError(RuntimeError):
@@ -113,7 +107,7 @@ class Trainer:
         self.evals = TrainEval(cfg, self.output_dir, self.tokenizer)
         self.grader = None
         if cfg.reward.correctness.weight > 0:
-            from endo_rl.grading import Grader
+            from endo_rl.evaluation.grading import Grader
 
             self.grader = Grader()
 

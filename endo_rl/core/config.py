@@ -1,6 +1,6 @@
 """The one config schema. YAML recipes override these defaults; `key.sub=value` overrides the YAML.
 
-Load with `endo_rl.config.load(path, overrides)`; unknown keys and wrong types are errors naming the key.
+Load with `endo_rl.core.config.load(path, overrides)`; unknown keys and wrong types are errors naming the key.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from endo_rl import config_loader
-from endo_rl.errors import UserError
+from endo_rl.core import config_loader
+from endo_rl.core.errors import UserError
 
 
 @dataclass

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from endo_rl import reward
-from endo_rl.batch import PackedBatch, pack
-from endo_rl.errors import UserError
+from endo_rl.core.batch import PackedBatch, pack
+from endo_rl.core.errors import UserError
+from endo_rl.reward import endogenous as reward
 
 
 @dataclass

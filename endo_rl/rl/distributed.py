@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from endo_rl.config import LoraConfig
+from endo_rl.core.config import LoraConfig
 
 
 def make_accelerator(grad_accum_steps: int, micro_batch_size: int, max_grad_norm: float) -> Accelerator:

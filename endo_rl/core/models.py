@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
 
 GGUF_MAGIC = b"GGUF"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")

@@ -14,7 +14,7 @@ import os
 import uuid
 from pathlib import Path
 
-from endo_rl.config import LoggingConfig
+from endo_rl.core.config import LoggingConfig
 
 PLOTTED = (
     "loss",

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from endo_rl.errors import UserError
+from endo_rl.core.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from endo_rl import distributed, models
-from endo_rl.config import ExperimentConfig
-from endo_rl.policy import PolicyModel
+from endo_rl.core import models
+from endo_rl.core.config import ExperimentConfig
+from endo_rl.rl import distributed
+from endo_rl.rl.policy import PolicyModel
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The shared core: the one config schema, errors, model/tokenizer loading, templates, JSONL and batch packing."""

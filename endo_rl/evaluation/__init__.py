@@ -1,0 +1,1 @@
+"""Math evaluation: benchmarks and their gold answers, grading with math-verify, the evaluator, reports."""

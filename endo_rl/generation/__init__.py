@@ -1,0 +1,1 @@
+"""Generation engines shared by training rollouts and evaluation: HF generate and the static-cache decoder."""
