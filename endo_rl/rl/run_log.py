@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from endo_rl.core.config import LoggingConfig
+from endo_rl.core.errors import UserError
 
 PLOTTED = (
     "loss",
@@ -48,8 +49,13 @@ class RunLog:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
-        with open(self.metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        try:
+            with open(self.metrics_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+        except OSError as err:  # a full disk: name the file; the checkpoints are untouched
+            raise UserError(
+                f"cannot append step {step} to {self.metrics_path}: {err.strerror or err}"
+            ) from err
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 

@@ -31,7 +31,7 @@ from endo_rl.core import config_loader, models, templates
 from endo_rl.core.config import ExperimentConfig, check_batch_sizes, world_size_from_env
 from endo_rl.core.errors import UserError
 from endo_rl.generation.sampling import SamplingConfig, generate
-from endo_rl.rl import algorithms, checkpoint, distributed
+from endo_rl.rl import algorithms, checkpoint, distributed, resume, run_lock
 from endo_rl.rl import metrics as step_metrics
 from endo_rl.rl import rewards as reward_mix
 from endo_rl.rl import rollout as rl
@@ -116,13 +116,17 @@ class Trainer:
     def _resume(self) -> None:
         if not self.cfg.resume:
             return
-        path = checkpoint.latest_checkpoint(self.cfg.output_dir)
+        path, state = checkpoint.load_latest(self.accelerator, self.cfg.output_dir, self.accelerator.print)
         if path is None:
             self.accelerator.print(
                 f"resume=true but {self.cfg.output_dir} has no complete checkpoint: starting at step 0"
             )
             return
-        state = checkpoint.load(self.accelerator, path)
+        saved = resume.saved_config(state, self.output_dir)
+        if saved is not None:  # refuse changes that alter the run's meaning; apply (and print) the safe ones
+            for line in resume.check(resume.changes(saved, config_loader.to_dict(self.cfg)), path):
+                self.accelerator.print(f"resume: applying the changed {line}")
+            train_setup.set_optimizer_settings(self.optimizer, self.scheduler, self.cfg)
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
         self.order.load_state_dict(state["data"])
         self.accelerator.print(f"resumed from {path} (step {self.step})")
@@ -166,6 +170,8 @@ class Trainer:
             self.log.close()
         if self.grader is not None:
             self.grader.close()
+        if acc.is_main_process:
+            run_lock.release(self.output_dir)
         return final
 
     def train_step(self) -> dict[str, float]:
@@ -385,6 +391,7 @@ class Trainer:
         sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
         if not skipped:
             self.optimizer.step()
+            self._check_weights("after the optimizer step")
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return skipped
@@ -409,6 +416,16 @@ class Trainer:
             f"step {self.step + 1}: non-finite {where}; step skipped ({self.skipped_steps} so far)"
         )
         return True
+
+    def _check_weights(self, when: str) -> None:
+        """NaN/Inf in the policy's weights (a finite gradient times a huge lr, say) stop the run: no undo."""
+        bad = checkpoint.nonfinite_parameters(self.model)
+        if distributed.any_rank(self.accelerator, bool(bad)):
+            raise NonFiniteError(
+                f"non-finite values (NaN/Inf) in the weights {when} at step {self.step + 1} "
+                f"({', '.join(bad) or 'on another process'}; train.lr={self.cfg.train.lr}, "
+                f"train.max_grad_norm={self.cfg.train.max_grad_norm}); not checkpointed"
+            )
 
     # ----- metrics, checkpoints ---------------------------------------------------------------------------
 
@@ -440,7 +457,12 @@ class Trainer:
             self.log.log(step, metrics)
 
     def save(self) -> Path:
-        state = {"skipped_steps": self.skipped_steps, "data": self.order.state_dict()}
+        self._check_weights("before saving")  # a NaN/Inf weight is never checkpointed
+        state = {
+            "skipped_steps": self.skipped_steps,
+            "data": self.order.state_dict(),
+            "config": config_loader.to_dict(self.cfg),
+        }
         return checkpoint.save(self.accelerator, self.output_dir, self.step, state, self.cfg.train.keep_last)
 
     def _load_base(self) -> torch.nn.Module:
@@ -454,5 +476,8 @@ def _yield_after(ctx: contextlib.AbstractContextManager, value):
 
 
 def run(cfg: ExperimentConfig, lm=None, tokenizer=None, prompts=None) -> Path:
-    """Train from a config; returns OUTPUT_DIR/final."""
-    return Trainer(cfg, lm=lm, tokenizer=tokenizer, prompts=prompts).fit()
+    """Train from a config; returns OUTPUT_DIR/final. output_dir is unlocked however the run ends."""
+    try:
+        return Trainer(cfg, lm=lm, tokenizer=tokenizer, prompts=prompts).fit()
+    finally:
+        run_lock.release(cfg.output_dir)
