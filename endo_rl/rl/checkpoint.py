@@ -287,18 +287,3 @@ def export_final(
         _publish(tmp, out_dir)
     accelerator.wait_for_everyone()
     return out_dir
-
-
-# ----- weights ------------------------------------------------------------------------------------------
-
-
-def nonfinite_parameters(model: torch.nn.Module, limit: int = 3) -> list[str]:
-    """Names of (up to `limit`) parameters holding NaN/Inf on this process (ZeRO-3: its own shard)."""
-    bad = []
-    for name, p in model.named_parameters():
-        local = getattr(p, "ds_tensor", p)
-        if local.numel() and not torch.isfinite(local).all():
-            bad.append(name)
-            if len(bad) == limit:
-                break
-    return bad
