@@ -211,34 +211,31 @@ def broken_files(path: Path) -> list[str]:
     return problems
 
 
-def load_latest(accelerator: Accelerator, output_dir: str | Path, log: Callable[[str], None]) -> tuple:
-    """(path, trainer state) of the newest intact checkpoint, restored into the accelerator's objects.
+def newest_intact(output_dir: str | Path, rank: int, log: Callable[[str], None]) -> tuple[Path | None, dict]:
+    """(path, trainer state) of the newest checkpoint whose files all open; (None, {}) when there is none.
 
-    A broken newer checkpoint is named through `log` and skipped; (None, None) when there is none at all.
-    Raises UserError when checkpoints exist but none is intact.
+    A broken newer checkpoint is named through `log` and skipped, and so is a missing
+    `random_states_<rank>.pkl` (resume then goes on with fresh random states, said out loud). Raises UserError
+    when checkpoints exist but none is intact.
     """
     candidates = complete_checkpoints(output_dir)
-    skipped = []
     for path in reversed(candidates):
         problems = broken_files(path)
         if problems:
-            log(f"warning: checkpoint {path} is broken ({'; '.join(problems)}): trying the one before")
-            skipped.append(path.name)
+            log(f"warning: checkpoint {path} is broken ({'; '.join(problems)}); trying the one before it")
             continue
-        missing_rng = not (path / f"random_states_{accelerator.process_index}.pkl").is_file()
-        if missing_rng:
+        if not (path / f"random_states_{rank}.pkl").is_file():
             log(
-                f"warning: checkpoint {path} has no random_states_{accelerator.process_index}.pkl: resuming with "
-                "fresh random states, so this run will not reproduce an uninterrupted one"
+                f"warning: checkpoint {path} has no random_states_{rank}.pkl: resuming with fresh random "
+                "states, so this run will not reproduce an uninterrupted one"
             )
-        distributed.load_state(accelerator, path)
         return path, json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     if candidates:
         raise UserError(
-            f"no intact checkpoint in {checkpoints_dir(output_dir)} (broken: {', '.join(skipped)}); "
-            "start a new run in another output_dir"
+            f"no intact checkpoint in {checkpoints_dir(output_dir)} (every step-N is broken, see the warnings "
+            "above); start a new run in another output_dir"
         )
-    return None, None
+    return None, {}
 
 
 def load(accelerator: Accelerator, path: Path) -> dict:

@@ -121,17 +121,18 @@ class Trainer:
     def _resume(self) -> None:
         if not self.cfg.resume:
             return
-        path, state = checkpoint.load_latest(self.accelerator, self.cfg.output_dir, self.accelerator.print)
+        acc = self.accelerator
+        path, state = checkpoint.newest_intact(self.cfg.output_dir, acc.process_index, acc.print)
         if path is None:
-            self.accelerator.print(
-                f"resume=true but {self.cfg.output_dir} has no complete checkpoint: starting at step 0"
-            )
+            acc.print(f"resume=true but {self.cfg.output_dir} has no complete checkpoint: starting at step 0")
             return
+        # changes that alter the run's meaning are refused before anything is loaded; safe ones are applied
         saved = resume.saved_config(state, self.output_dir)
-        if saved is not None:  # refuse changes that alter the run's meaning; apply (and print) the safe ones
-            for line in resume.check(resume.changes(saved, config_loader.to_dict(self.cfg)), path):
-                self.accelerator.print(f"resume: applying the changed {line}")
-            train_setup.set_optimizer_settings(self.optimizer, self.scheduler, self.cfg)
+        applied = resume.check(resume.changes(saved, config_loader.to_dict(self.cfg)), path) if saved else []
+        checkpoint.load(acc, path)
+        for line in applied:
+            acc.print(f"resume: applying the changed {line}")
+        train_setup.set_optimizer_settings(self.optimizer, self.scheduler, self.cfg)
         self.step, self.guard.skipped_steps = state["step"], state["skipped_steps"]
         self.order.load_state_dict(state["data"])
         self.accelerator.print(f"resumed from {path} (step {self.step})")
