@@ -13,10 +13,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from endo_rl.core.paths import check_writable
     from endo_rl.evaluation.reports import compare_reports, load_report
 
     before, after = load_report(args.before), load_report(args.after)
-    png = Path(args.png) if args.png else Path(args.after).with_suffix(".compare.png")
+    png = check_writable(args.png or Path(args.after).with_suffix(".compare.png"), "--png")
     print(compare_reports(before, after, png))
     print(f"\nbar chart: {png}")
     return 0

@@ -128,7 +128,7 @@ def _generate_and_grade(args: argparse.Namespace, settings, out: Path) -> dict:
     from endo_rl.core import models
     from endo_rl.evaluation import evaluator
 
-    device = args.device or models.default_device()
+    device = models.check_device(args.device or models.default_device(), "--device")
     tokenizer = models.load_tokenizer(
         args.tokenizer or args.model, None if args.tokenizer else args.gguf_file
     )

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import time
 from pathlib import Path
 
 from endo_rl.core.errors import UserError
+from endo_rl.core.paths import check_writable
 from endo_rl.rm_eval.metrics import METHODS
 
 RESULTS_VERSION = 1
@@ -93,7 +95,7 @@ def check_args(args: argparse.Namespace) -> None:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
-    if args.alpha <= 0:
+    if not (args.alpha > 0 and math.isfinite(args.alpha)):
         raise UserError(f"--alpha must be > 0, got {args.alpha}")
     for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
@@ -129,8 +131,14 @@ def read_results(path: Path, expected: dict) -> dict[tuple[str, int], dict]:
     except (json.JSONDecodeError, AttributeError):
         raise UserError(f"{path}:1: not an rm-eval results file; delete it or choose another --out") from None
     if found != expected:
+        found = found if isinstance(found, dict) else {}
+        diff = [
+            f"{k}: file has {found.get(k)!r}, this run {v!r}"
+            for k, v in expected.items()
+            if found.get(k) != v
+        ]
         raise UserError(
-            f"{path} was written with other settings ({found}); delete it or choose another --out"
+            f"{path} was written with other settings ({'; '.join(diff)}); delete it or choose another --out"
         )
     records = {}
     for lineno, line in enumerate(lines[1:], start=2):
@@ -235,7 +243,7 @@ def score_pending(args, items, ranks: list[int], done: dict, header: dict, path:
     pending = [k for k, it in enumerate(items) if it.key not in done]
     if not pending:
         return 0
-    device = args.device or models.default_device()
+    device = models.check_device(args.device or models.default_device(), "--device")
     tokenizer = models.load_tokenizer(args.model, args.gguf_file)
     model = models.load_causal_lm(args.model, args.gguf_file, args.dtype, device)
     models.check_vocab(model, tokenizer)
@@ -294,6 +302,8 @@ def run(args: argparse.Namespace) -> int:
     from endo_rl.rm_eval import plots as rm_plots
 
     check_args(args)
+    out = check_writable(args.out, "--out")  # before any model loads
+    check_writable(out.with_suffix(".png"), "--out")
     limits = parse_method_limits(args.method_limit, args.methods)
     prompts = load_system_prompts(args.system_prompts)
     items = rm_data.load_items(args.data, args.subsets, args.limit)
@@ -301,7 +311,6 @@ def run(args: argparse.Namespace) -> int:
     for it in items:
         ranks.append(seen.get(it.subset, 0))
         seen[it.subset] = ranks[-1] + 1
-    out = Path(args.out)
     results_path = out.with_suffix(".jsonl")
     header = settings(args, limits, prompts)
     done = read_results(results_path, header)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 from pathlib import Path
 
 from endo_rl.core.errors import UserError
+from endo_rl.core.paths import check_writable
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,13 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from endo_rl.reward import text as scoring
     from endo_rl.reward.reference import ReferenceModel
 
-    if args.alpha <= 0:
+    if not (args.alpha > 0 and math.isfinite(args.alpha)):
         raise UserError(f"--alpha must be > 0, got {args.alpha}")
+    if args.html:
+        check_writable(args.html, "--html")  # before the model loads
     if not args.response:
         raise UserError("--response is empty: there is nothing to score")
     if args.system is not None and not args.chat:
         raise UserError("--system needs --chat (the system prompt is part of the chat rendering)")
-    device = args.device or models.default_device()
+    device = models.check_device(args.device or models.default_device(), "--device")
     tokenizer = models.load_tokenizer(
         args.tokenizer or args.model, None if args.tokenizer else args.gguf_file
     )
@@ -51,9 +56,10 @@ def run(args: argparse.Namespace) -> int:
     tokens = scoring.token_strings(tokenizer, scored.token_ids)
     if args.html:
         page = scoring.render_html(
-            tokens, scored.token_rewards, scored.logprobs, f"endogenous reward: {args.model}"
+            tokens, scored.token_rewards, scored.logprobs, f"endogenous reward: {args.model}", args.prompt
         )
         Path(args.html).write_text(page, encoding="utf-8")
+        print(f"wrote {args.html}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(
             json.dumps(

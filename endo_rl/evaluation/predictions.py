@@ -58,6 +58,8 @@ def _parse_row(row: dict, where: str, samples_seen: dict[tuple[str, int], int]) 
     sample = row.get("sample")
     if sample is None:  # hand-written files: repeated rows of one problem are its samples, in file order
         sample = samples_seen.get(key, 0)
+    elif not isinstance(sample, int) or isinstance(sample, bool) or sample < 0:
+        raise UserError(f"{where}: sample must be a non-negative integer, got {sample!r}")
     samples_seen[key] = max(samples_seen.get(key, 0), sample + 1)
     return Prediction(key[0], index, sample, completion, row.get("n_tokens"), row.get("truncated"))
 
@@ -72,7 +74,7 @@ def read_predictions(
     except OSError as err:
         raise UserError(f"cannot read predictions file {path}: {err.strerror}") from err
     lines = text.split("\n")
-    settings, out, seen = None, [], {}
+    settings, out, seen, first_line = None, [], {}, {}
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -91,7 +93,14 @@ def read_predictions(
         if "settings" in row:
             settings = row["settings"]
             continue
-        out.append((lineno, _parse_row(row, f"{path}, line {lineno}", seen)))
+        prediction = _parse_row(row, f"{path}, line {lineno}", seen)
+        if prediction.key() in first_line:  # would be counted as one more sample of that problem
+            raise UserError(
+                f"{path}, line {lineno}: repeats benchmark {prediction.benchmark}, index {prediction.index}, "
+                f"sample {prediction.sample} of line {first_line[prediction.key()]}"
+            )
+        first_line[prediction.key()] = lineno
+        out.append((lineno, prediction))
     return settings, out
 
 

@@ -108,6 +108,7 @@ def plot_curves(metrics_path: Path, png_path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     cols = 3
     fig, axes = plt.subplots(
@@ -121,6 +122,7 @@ def plot_curves(metrics_path: Path, png_path: Path) -> Path | None:
         ax.plot(*zip(*points), marker="." if len(points) < 50 else None)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are integers: no 1.2, 1.4 ticks
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.tight_layout()
