@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = "example: endo-rl compare base.json trained.json --png compare.png (prints the table, writes the chart)"
     p.add_argument("before", help="report JSON of `endo-rl eval` before training")
     p.add_argument("after", help="report JSON after training")
     p.add_argument("--png", default=None, help="bar chart path (default: <after>.compare.png)")

@@ -16,6 +16,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from endo_rl.core.templates import TEMPLATES
     from endo_rl.evaluation.benchmarks import PAPER_BENCHMARKS, SPECS
 
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = """examples:
+  endo-rl eval --model DIR --benchmarks math500,gsm8k --data-dir ../shared/benchmarks --limit 50 --out r.json
+  endo-rl eval --predictions r.predictions.jsonl --data-dir ../shared/benchmarks --out regraded.json
+  endo-rl compare before.json after.json
+
+Offline (HF_HUB_OFFLINE=1 or no network) pass --data-dir DIR with DIR/<benchmark>/test.jsonl. Completions are
+appended to <out>.predictions.jsonl as they are generated; rerunning the same command resumes from them.
+The report counts no-answer, parse-error and timeout gradings separately (never silently as zeros)."""
     p.add_argument("--model", default=None, help="model directory, .gguf file, or Hub id")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (a directory)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")

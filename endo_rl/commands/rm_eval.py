@@ -23,6 +23,12 @@ RESULTS_VERSION = 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = """example:
+  endo-rl rm-eval --model DIR --data ../shared/benchmarks/rm_bench --limit 20 --out rm.json
+
+Scores go to rm.jsonl as they are made (rerunning the same command resumes); rm.json holds the accuracies,
+rm.png the bars. A tie counts as wrong, as in RM-Bench."""
     p.add_argument("--model", required=True, help="model directory, .gguf file, or Hub id")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (a directory)")
     p.add_argument("--data", required=True, help="RM-Bench .json, pairs .jsonl, or a directory of them")

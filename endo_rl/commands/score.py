@@ -13,6 +13,13 @@ from endo_rl.core.paths import check_writable
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = """examples:
+  endo-rl score --model DIR --prompt "What is 2+2?" --response "4"
+  endo-rl score --model model.gguf --chat --prompt "Capital of France?" --response "Paris." --html s.html
+
+Prints each response token's endogenous reward r_h = alpha * (z_h[a_h] - logsumexp z_{h+1}) and log-prob, and
+their sum (the sequence reward); --html writes a heat map (hover a token for its values)."""
     p.add_argument("--model", required=True, help="model directory, .gguf file, or Hub id")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (a directory)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
