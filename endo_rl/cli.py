@@ -57,7 +57,9 @@ class _DropDeepSpeedCpuNotice(logging.Filter):
 def quiet_libraries(argv: list[str]) -> None:
     """Before any library is imported: no DeepSpeed CPU notice on stdout; --no-progress also silences the
     transformers/huggingface_hub bars ("Loading weights", "Writing model shards")."""
-    logging.getLogger("DeepSpeed").addFilter(_DropDeepSpeedCpuNotice())
+    ds_logger = logging.getLogger("DeepSpeed")
+    if not any(isinstance(f, _DropDeepSpeedCpuNotice) for f in ds_logger.filters):
+        ds_logger.addFilter(_DropDeepSpeedCpuNotice())
     if "--no-progress" in argv:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import QWEN_TOKENIZER
+from conftest import BENCHMARKS, QWEN_TOKENIZER
 
 from endo_rl.cli import main
 from endo_rl.core import config
@@ -40,6 +40,17 @@ def test_tiny_model_command_then_train_with_the_debug_recipe(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == f"final policy: {out / 'final'}"
     assert main(["tiny-model", str(model)]) == 2  # never overwrites
     assert "already exists and is not an empty directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_no_progress_silences_the_library_bars_too(tiny_model_dir, tmp_path):
+    argv = [sys.executable, "-m", "endo_rl.cli", "eval", "--model", str(tiny_model_dir), "--benchmarks", "aime24",
+            "--data-dir", str(BENCHMARKS), "--limit", "1", "--max-new-tokens", "2", "--out", str(tmp_path / "r.json")]  # fmt: skip
+    loud = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=300)
+    quiet = subprocess.run([*argv, "--no-progress"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert loud.returncode == quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "Loading weights" in loud.stderr  # the bar this test is about exists without the flag
+    assert "Loading weights" not in quiet.stderr and "it/s" not in quiet.stderr
 
 
 def test_a_number_for_a_text_key_on_the_command_line_is_kept_as_written():
