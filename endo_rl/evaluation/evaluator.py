@@ -143,7 +143,7 @@ def run_eval(
             _generate_missing(model, tokenizer, settings, name, problems, done, writer)
             preds = [done[k] for k in keys]
             grades = _grade_all(grader, problems, preds, settings.progress, name)
-            per_bench[name] = summarize(preds, grades, size, time.perf_counter() - start)
+            per_bench[name] = benchmark_summary(preds, grades, size, time.perf_counter() - start)
             results += [_result_row(p, g) for p, g in zip(preds, grades)]
     settings_out = {
         **decoding,
@@ -221,7 +221,9 @@ def _result_row(pred: Prediction, grade: Grade) -> dict:
     }
 
 
-def summarize(preds: Sequence[Prediction], grades: Sequence[Grade], size: int, wall_time_s: float) -> dict:
+def benchmark_summary(
+    preds: Sequence[Prediction], grades: Sequence[Grade], size: int, wall_time_s: float
+) -> dict:
     """Per-benchmark metrics from its graded predictions (several samples of one index are its k samples)."""
     per_problem: dict[int, list[bool]] = {}
     for pred, grade in zip(preds, grades):
@@ -294,7 +296,7 @@ def regrade(
             mine = [(lineno, p) for lineno, p in rows if p.benchmark == name]
             gs = _grade_all(grader, list(problems[name].values()), [p for _, p in mine], progress, name)
             grades.update({lineno: g for (lineno, _), g in zip(mine, gs)})
-            per_bench[name] = summarize(
+            per_bench[name] = benchmark_summary(
                 [p for _, p in mine], gs, len(problems[name]), time.perf_counter() - start
             )
     results = [_result_row(p, grades[lineno]) for lineno, p in rows]
