@@ -89,3 +89,35 @@ def test_score_html_shows_the_prompt_and_plain_tooltips(tiny_model_dir, tmp_path
     assert "1 &lt; 2?" in text  # the prompt, escaped once
     assert "&amp;#10;" not in text and "&#10;" not in text  # tooltips break lines, no literal entities
     assert 'title="token 0: ' in text and "\nreward " in text
+
+
+@pytest.fixture
+def kept_figures(monkeypatch) -> list:
+    """Figures the plotting code closes, kept for inspection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    return kept
+
+
+def test_curves_have_integer_step_ticks(tmp_path, kept_figures):
+    from endo_rl.rl.run_log import plot_curves
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2)))
+    assert plot_curves(metrics, tmp_path / "curves.png") == tmp_path / "curves.png"
+    ticks = kept_figures[0].axes[0].get_xticks()
+    assert len(ticks) and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_compare_chart_of_zero_accuracies_starts_at_zero(tmp_path, kept_figures):
+    from endo_rl.evaluation.reports import bar_chart
+
+    report = {"benchmarks": {"aime24": {"accuracy": 0.0, "stderr": 0.0, "n": 30}}}
+    bar_chart(report, report, tmp_path / "c.png")
+    bottom, top = kept_figures[0].axes[0].get_ylim()
+    assert bottom == 0 and top >= 5

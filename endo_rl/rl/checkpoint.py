@@ -113,12 +113,12 @@ def save(accelerator: Accelerator, output_dir: str | Path, step: int, state: dic
     """Write checkpoint `step` atomically (collective: call on every rank). Returns its final path."""
     root = checkpoints_dir(output_dir)
     tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
 
     def write() -> None:
+        if accelerator.is_main_process:  # even a directory needs space
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
         distributed.save_state(accelerator, tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
