@@ -45,7 +45,13 @@ class RunLog:
             return
         lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp")  # renamed: a kill loses no row
+        try:
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot rewrite {self.metrics_path}: {err.strerror or err}") from err
+        tmp.replace(self.metrics_path)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
