@@ -26,7 +26,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--data-dir", default=None, help="directory with <benchmark>/test.jsonl (default: Hub datasets)"
     )
     p.add_argument("--template", default="qwen25-math-cot", help=f"one of {', '.join(TEMPLATES)}")
-    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="default 1024 with --extract boxed, 2048 (the Qwen2.5-Math harness default) with harness",
+    )
+    p.add_argument(
+        "--extract",
+        default="boxed",
+        choices=["boxed", "harness"],
+        help="final answer = last \\boxed{} (default; what the training reward uses), or the Qwen2.5-Math "
+        "harness chain: boxed, 'the answer is', last number; harness also strips the question",
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument(
@@ -59,6 +71,7 @@ def _settings(args: argparse.Namespace):
         data_dir=args.data_dir,
         template=args.template,
         max_new_tokens=args.max_new_tokens,
+        extract=args.extract,
         temperature=args.temperature,
         top_p=args.top_p,
         n_samples=args.n_samples,
@@ -83,6 +96,7 @@ def summary_table(report: dict) -> str:
     avg = report["average"]
     se = "-" if avg["stderr"] is None else f"{100 * avg['stderr']:.1f}"
     lines.append(f"{'average':<15} {100 * avg['accuracy']:>7.1f} {se:>6}")
+    lines.append(f"answer extraction: {report['settings'].get('extract', 'boxed')}")
     return "\n".join(lines)
 
 
@@ -95,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model is not None:
             raise UserError("--predictions re-grades saved completions: do not pass --model with it")
         report = evaluator.regrade(
-            args.predictions, args.data_dir, args.grading_timeout, not args.no_progress
+            args.predictions, args.data_dir, args.grading_timeout, not args.no_progress, args.extract
         )
     else:
         if args.model is None:
