@@ -36,7 +36,8 @@ _SCI = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
 _DANGLING_POINT = re.compile(r"(\d)\.(?=\s*(?:[/)}\],;]|$))")
 _THOUSANDS = re.compile(r"(?<![\d.,(\[])(\d{1,3}(?:,\d{3})+)(?![\d,)\]])")  # not `(12,102)`
 _ORDINAL = re.compile(
-    r"(\d)\s*(?:\^\s*)?\{?\s*(?:\\(?:text|mathrm|textrm)\s*\{\s*)?(?:st|nd|rd|th)\b\s*\}?\}?"
+    r"(\d)\s*(?:\^\s*\{\s*\\(?:text|mathrm|textrm)\s*\{\s*(?:st|nd|rd|th)\s*\}\s*\}"  # 12^{\text{th}}
+    r"|\^\s*\{\s*(?:st|nd|rd|th)\s*\}|\^\s*(?:st|nd|rd|th)\b|(?:st|nd|rd|th)\b)"  # 12^{th}, 12^th, 12th
 )
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
 
