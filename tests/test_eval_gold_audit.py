@@ -45,6 +45,8 @@ def audit_gold(benchmark: str, gold: str) -> list[str]:
     if not is_math(parsed):
         return [f"parses only to the string {parsed[0]!r}"]
     value = parsed[0]
+    if re.search(r"\d:\d\d", text):
+        problems.append("a clock time read as math")
     if re.search(r"\d[eE][+-]?\d", text):
         problems.append("scientific notation left in the gold")
     if re.search(r"\bzoo\b|\bnan\b", str(value)):
@@ -109,6 +111,8 @@ def test_every_override_and_review_names_a_gold_that_exists():
         ("np.arcsin(10/13)", "parses only to the string"),
         ("12^{th} grade", "a word is read as a product"),
         ("\\frac{37}{4} m", "unit removal would change"),
+        ("1:03", "a clock time read as math"),
+        ("\\text{1:03 PM}", None),  # compared as a clock time
     ],
 )
 def test_the_audit_catches_each_class(gold, problem):

@@ -76,6 +76,8 @@ FIXED_CLASSES_RIGHT = [
     ("\\frac{270}7\\text{ degrees}", "\\frac{270}{7}"),
     ("m_{p} c^{2}\\left(\\gamma^{2}-1\\right) \\sin ^{2} \\theta", "m_p c^2 (\\gamma^2 - 1)\\sin^2\\theta"),
     ("\\text{June 20}", "\\text{June 20th}"),
+    ("\\text{4:30 p.m.}", "4:30 \\text{ p.m.}"),  # both graders called this wrong
+    ("\\text{1:03 PM}", "1:03 \\text{PM}"),
 ]
 FIXED_CLASSES_WRONG = [
     ("4.5e33", "4.5"),
@@ -89,6 +91,7 @@ FIXED_CLASSES_WRONG = [
     ("MR=SRMC", "MR=LRMC"),
     ("15000", "15"),
     ("x^{2}+1", "x³+1"),
+    ("\\text{4:30 p.m.}", "4:30 \\text{ a.m.}"),
 ]
 
 

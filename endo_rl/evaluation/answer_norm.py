@@ -92,14 +92,18 @@ def unwrap_text(text: str) -> str:
 
 
 _WORDS = re.compile(r"^[A-Za-z][A-Za-z0-9 ]*(?:=[A-Za-z ]+)*$")
+_CLOCK = re.compile(r"^\d{1,2}:\d{2}\s*[ap]\.?\s*m\.?$", re.IGNORECASE)
 
 
 def text_key(gold: str) -> str | None:
-    """A gold that is words, not math (`\\text{Evelyn}`, `\\text{June 20}`, `MR=SRMC`): its comparison key
+    """A gold that is words or a clock time, not math (`\\text{Evelyn}`, `\\text{June 20}`, `MR=SRMC`,
+    `\\text{4:30 p.m.}`): its comparison key
     (lower case, no spaces, sides of `=` sorted). None for math, including single letters such as `m`.
 
     math-verify reads `SRMC` as the product s*r*m*c, so `SMRC` would equal it; words are compared as words."""
     plain = unwrap_text(gold)
+    if _CLOCK.match(plain):  # `\text{4:30 p.m.}`: a clock time, compared as "430pm"
+        return re.sub(r"[^a-z0-9]", "", plain.lower())
     if not _WORDS.match(plain) or not re.search(r"[A-Za-z]{2,}", plain):
         return None
     wrapped = bool(_TEXT_CMD.search(gold))
