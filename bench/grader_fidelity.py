@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from endo_rl.evaluation.benchmarks import ROUNDED_GOLDS, load_benchmark
-from endo_rl.evaluation.extraction import extract_answer
+from endo_rl.evaluation.extraction import final_answer
 from endo_rl.evaluation.grading import Grader
 
 RLSFT = ("XinghanLi66/rl-sft", "c981ccd10c5db8fd32c7c6b21680ff0f272bb49c", "none stated (measurement only)")
@@ -89,7 +89,7 @@ def grade_items(items: list[dict], timeout_s: float) -> None:
     with Grader(timeout_s) as grader:
         for n, item in enumerate(items):
             for mode in ("harness", "boxed"):
-                answer = extract_answer(item["completion"], mode)
+                answer = final_answer(item["completion"], mode)
                 if answer is None:
                     item[mode] = {"answer": None, "correct": False, "status": "no_answer"}
                     continue

@@ -13,7 +13,7 @@ import pytest
 from endo_rl.core.errors import UserError
 from endo_rl.evaluation.benchmarks import Problem
 from endo_rl.evaluation.evaluator import EvalSettings, _question
-from endo_rl.evaluation.extraction import check_mode, extract_answer
+from endo_rl.evaluation.extraction import check_mode, final_answer
 from endo_rl.evaluation.grading import Grader
 
 HARNESS_CASES = [
@@ -34,7 +34,7 @@ HARNESS_CASES = [
 
 @pytest.mark.parametrize("completion, answer", HARNESS_CASES)
 def test_harness_extraction_follows_the_harness(completion, answer):
-    assert extract_answer(completion, "harness") == answer
+    assert final_answer(completion, "harness") == answer
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def test_harness_extraction_follows_the_harness(completion, answer):
     ],
 )
 def test_boxed_extraction_takes_only_a_closed_last_box(completion, answer):
-    assert extract_answer(completion, "boxed") == answer
+    assert final_answer(completion, "boxed") == answer
 
 
 def test_fallbacks_grade_only_in_harness_mode():

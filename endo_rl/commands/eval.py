@@ -28,17 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--template", default=d.template, help=f"one of {', '.join(TEMPLATES)}")
     p.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=None,
-        help="default 1024 with --extract boxed, 2048 (the Qwen2.5-Math harness default) with harness",
+        "--max-new-tokens", type=int, default=None, help="default 1024; 2048 with --extract harness"
     )
     p.add_argument(
         "--extract",
         default=d.extract,
         choices=["boxed", "harness"],
-        help="final answer = last \\boxed{} (default; what the training reward uses), or the Qwen2.5-Math "
-        "harness chain: boxed, 'the answer is', last number; harness also strips the question",
+        help="last \\boxed{} (default, as the training reward) or the Qwen2.5-Math harness's fallback chain",
     )
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=d.top_p, help=f"default {d.top_p}")

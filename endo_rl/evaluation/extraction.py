@@ -35,7 +35,7 @@ def check_mode(mode: str) -> None:
         raise UserError(f"unknown extract mode {mode!r}; valid: {', '.join(EXTRACT_MODES)}")
 
 
-def extract_answer(completion: str, mode: str = "boxed") -> str | None:
+def final_answer(completion: str, mode: str = "boxed") -> str | None:
     """The final answer of `completion` under `mode`; None when there is none."""
     if mode == "boxed":
         return last_boxed(completion)

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 
 from endo_rl.evaluation.compare import compare
-from endo_rl.evaluation.extraction import check_mode, extract_answer
+from endo_rl.evaluation.extraction import check_mode, final_answer
 
 STATUSES = ("ok", "no_answer", "parse_error", "timeout")
 
@@ -115,7 +115,7 @@ class Grader:
     def grade(self, gold: str, completion: str, rounded_gold: bool = False) -> Grade:
         """Grade the completion's final answer (found as `self.extract` says) against the gold answer.
         `rounded_gold`: the gold is a rounded measurement (Minerva); see endo_rl.evaluation.compare."""
-        answer = extract_answer(completion, self.extract)
+        answer = final_answer(completion, self.extract)
         if answer is None:
             what = "no \\boxed{} in the completion" if self.extract == "boxed" else "no answer found"
             return Grade(False, "no_answer", what)
