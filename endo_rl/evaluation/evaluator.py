@@ -58,11 +58,6 @@ class EvalSettings(BenchmarkConfig):
     """Benchmark names (see endo_rl.evaluation.benchmarks.SPECS); the CLI's default is all the paper's."""
     template: str = "qwen25-math-cot"
     """Prompt template (endo_rl.core.templates.TEMPLATES); use the same before and after training."""
-    max_new_tokens: int | None = None
-    """None: 1024 with extract "boxed", 2048 (the Qwen2.5-Math harness's default) with extract "harness"."""
-    extract: str = "boxed"
-    """How the final answer is found: "boxed" (last `\\boxed{}`, as the training reward) or "harness" (the
-    Qwen2.5-Math harness's fallback chain and question handling; endo_rl.evaluation.extraction)."""
     batch_size: int = 16
     """Sequences per `generate` call."""
     backend: Literal["auto", "hf", "static"] = "auto"
