@@ -11,7 +11,8 @@ extracted both ways (`harness`, the same chain the harness used, and `boxed`). W
 benchmark and every disagreement (with both answers) for hand-checking; hand verdicts in
 bench/results/grader_fidelity_verdicts.json ({key: {"right": "ours"|"theirs"|"neither"|"undecidable",
 "class": ...}}) are folded into the "right where decidable" rate. Runs in one process plus one grading
-worker.
+worker. `--extra-rows` adds harness rows transcribed page by page from a repository that cannot be mirrored
+(the AIME24 source; see read_extra_rows and BENCHMARKS.md section 6).
 """
 
 from __future__ import annotations
@@ -57,13 +58,28 @@ def read_source(mirrors: Path, repo: str, commit: str, path: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def collect(mirrors: Path, data_dir: Path) -> tuple[list[dict], collections.Counter]:
+def read_extra_rows(path: Path) -> list[tuple]:
+    """Harness rows transcribed outside a mirror (a repository `fetch` cannot bring): one JSON line per
+    completion with repo, commit, path, license, benchmark, idx, question, completion_tail (the end of the
+    completion, from before its last \\boxed{} on), pred and score (the harness's). Grouped like SOURCES."""
+    groups: dict[tuple, list[dict]] = collections.defaultdict(list)
+    for line in path.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        row = {"idx": r["idx"], "question": r["question"], "code": [r["completion_tail"]]}
+        groups[(r["repo"], r["commit"], r["license"], r["path"], r["benchmark"])].append(
+            row | {"pred": [r["pred"]], "score": [r["score"]]}
+        )
+    return [(*source, rows) for source, rows in groups.items()]
+
+
+def collect(mirrors: Path, data_dir: Path, extra: list[tuple] = ()) -> tuple[list[dict], collections.Counter]:
     """One item per completion: source, benchmark, index, sample, completion, their pred and score."""
     items, unmatched, by_question = [], collections.Counter(), {}
-    for repo, commit, license_, path, bench in SOURCES:
+    sources = [(*src, None) for src in SOURCES] + list(extra)
+    for repo, commit, license_, path, bench, rows in sources:
         if bench not in by_question:
             by_question[bench] = {_key_text(p.question): p for p in load_benchmark(bench, data_dir)}
-        for row in read_source(mirrors, repo, commit, path):
+        for row in rows if rows is not None else read_source(mirrors, repo, commit, path):
             problem = by_question[bench].get(_key_text(row["question"]))
             if problem is None:
                 unmatched[bench] += 1
@@ -171,8 +187,10 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--items", type=Path, default=Path("/tmp/grader_fidelity.items.jsonl"))
     ap.add_argument("--regression-out", type=Path, default=None, help="write the MIT-licensed regression set")
+    ap.add_argument("--extra-rows", type=Path, default=None, help="transcribed rows (see read_extra_rows)")
     args = ap.parse_args()
-    items, unmatched = collect(args.mirrors, args.data_dir)
+    extra = read_extra_rows(args.extra_rows) if args.extra_rows else []
+    items, unmatched = collect(args.mirrors, args.data_dir, extra)
     print(f"{len(items)} completions; unmatched questions: {dict(unmatched)}", file=sys.stderr)
     grade_items(items, args.timeout)
     verdicts = json.loads(args.verdicts.read_text()) if args.verdicts.exists() else {}
@@ -184,7 +202,8 @@ def main() -> None:
         if item["harness"]["correct"] != item["their_score"]
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"sources": SOURCES, "unmatched": dict(unmatched), "summary": summary}
+    sources = SOURCES + [list(src[:5]) + [f"{len(src[5])} rows transcribed"] for src in extra]
+    report = {"sources": sources, "unmatched": dict(unmatched), "summary": summary}
     args.out.write_text(json.dumps(report | {"disagreements": disagreements}, indent=1, ensure_ascii=False))
     args.items.write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items))
     if args.regression_out:
