@@ -35,7 +35,8 @@ from endo_rl.evaluation.predictions import (
     check_resume_settings,
     read_predictions,
 )
-from endo_rl.generation.sampling import SamplingConfig, generate
+from endo_rl.generation.generator import generate
+from endo_rl.generation.sampling import SamplingConfig
 
 
 @dataclass
