@@ -4,7 +4,7 @@
         problems   = load_benchmark(name)[:limit]
         todo       = (problem, sample) pairs not yet in the predictions file        # resume
         for chunk of todo (sorted by prompt length):
-            completions = generate(model, prompts, ...)                              # endo_rl.generation.sampling
+            completions = generate(model, prompts, ...)                              # endo_rl.generation.generator
             append each to predictions.jsonl                                          # survives a kill
         grades     = Grader (math-verify in a child process, hard timeout)
         metrics    = accuracy/avg@k +- stderr, truncated, no answer, timeouts, parse errors, tokens, time
@@ -15,19 +15,30 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from endo_rl.core import templates
+from endo_rl.core.config import BenchmarkConfig
 from endo_rl.core.errors import UserError
 from endo_rl.evaluation import metrics as eval_metrics
-from endo_rl.evaluation.benchmarks import PAPER_BENCHMARKS, Problem, check_name, load_benchmark
+from endo_rl.evaluation.benchmarks import (
+    PAPER_BENCHMARKS,
+    ROUNDED_GOLDS,
+    Problem,
+    check_name,
+    load_benchmark,
+)
+from endo_rl.evaluation.extraction import HARNESS_MAX_NEW_TOKENS, check_mode
 from endo_rl.evaluation.grading import Grade, Grader
 from endo_rl.evaluation.predictions import (
     Prediction,
@@ -36,31 +47,43 @@ from endo_rl.evaluation.predictions import (
     read_predictions,
 )
 from endo_rl.generation.generator import generate
-from endo_rl.generation.sampling import SamplingConfig
 
 
 @dataclass
-class EvalSettings:
+class EvalSettings(BenchmarkConfig):
+    """Benchmarks and decoding (`BenchmarkConfig`: the `eval.*` keys of training, the flags of `endo-rl eval`)
+    plus how this run generates and grades. `from_config` builds it from training's `eval` section."""
+
     benchmarks: list[str] = field(default_factory=lambda: list(PAPER_BENCHMARKS))
-    """Benchmark names (see endo_rl.evaluation.benchmarks.SPECS)."""
-    data_dir: str | None = None
-    """Directory with <name>/test.jsonl; None loads the Hub datasets."""
+    """Benchmark names (see endo_rl.evaluation.benchmarks.SPECS); the CLI's default is all the paper's."""
     template: str = "qwen25-math-cot"
     """Prompt template (endo_rl.core.templates.TEMPLATES); use the same before and after training."""
-    max_new_tokens: int = 1024
-    temperature: float = 0.0
-    """0 is greedy decoding."""
-    top_p: float = 1.0
-    n_samples: int = 1
-    """Samples per problem (k of avg@k); above 1 needs temperature > 0."""
-    limit: int | None = None
-    """Only the first `limit` problems of each benchmark."""
     batch_size: int = 16
+    """Sequences per `generate` call."""
+    backend: Literal["auto", "hf", "static"] = "auto"
+    """Generation backend, as `generation.backend`."""
     grading_timeout_s: float = 5.0
+    """Seconds per answer for math-verify."""
     seed: int = 0
+    """Seeds sampling."""
     progress: bool = True
+    """Progress bars."""
+
+    @classmethod
+    def from_config(cls, benchmark: BenchmarkConfig, **run) -> EvalSettings:
+        """Every `BenchmarkConfig` field of `benchmark` (e.g. training's `eval` section), plus `run` fields."""
+        shared = {f.name: copy.copy(getattr(benchmark, f.name)) for f in dataclasses.fields(BenchmarkConfig)}
+        return cls(**shared, **run)
+
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        if self.max_new_tokens is None:
+            self.max_new_tokens = HARNESS_MAX_NEW_TOKENS if self.extract == "harness" else 1024
 
     def validate(self) -> None:
+        check_mode(self.extract)
         for name in self.benchmarks:
             check_name(name)
         templates.check_template(self.template)
@@ -85,7 +108,9 @@ class EvalSettings:
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
+            "top_k": self.top_k,
             "n_samples": self.n_samples,
+            "extract": self.extract,
         }
 
 
@@ -116,12 +141,17 @@ def run_eval(
     saved, rows = (None, [])
     if predictions_path.exists():
         saved, rows = read_predictions(predictions_path, tolerate_torn_tail=True)
+        if saved is not None:  # files from before top_k was a setting decoded with top_k=0
+            saved = {"top_k": 0, "extract": "boxed", **saved}  # (and boxed-only before extract existed)
         check_resume_settings(predictions_path, saved, decoding)
     done = {p.key(): p for _, p in rows}
     n_resumed = 0
     torch.manual_seed(settings.seed)
     per_bench, results = {}, []
-    with PredictionWriter(predictions_path, decoding) as writer, Grader(settings.grading_timeout_s) as grader:
+    with (
+        PredictionWriter(predictions_path, decoding) as writer,
+        Grader(settings.grading_timeout_s, extract=settings.extract) as grader,
+    ):
         for name in settings.benchmarks:
             start = time.perf_counter()
             problems = load_benchmark(name, settings.data_dir)
@@ -132,7 +162,7 @@ def run_eval(
             _generate_missing(model, tokenizer, settings, name, problems, done, writer)
             preds = [done[k] for k in keys]
             grades = _grade_all(grader, problems, preds, settings.progress, name)
-            per_bench[name] = summarize(preds, grades, size, time.perf_counter() - start)
+            per_bench[name] = benchmark_summary(preds, grades, size, time.perf_counter() - start)
             results += [_result_row(p, g) for p, g in zip(preds, grades)]
     settings_out = {
         **decoding,
@@ -157,13 +187,15 @@ def _generate_missing(
     """Generate every (problem, sample) of benchmark `name` not in `done`, a micro-batch at a time, appending
     each micro-batch to the predictions file as it finishes. Work is sorted by prompt length, so a resumed
     run rebuilds the same micro-batches after the last saved one."""
-    prompts = {p.index: templates.prompt_ids(settings.template, tokenizer, p.question) for p in problems}
+    prompts = {
+        p.index: templates.prompt_ids(settings.template, tokenizer, _question(p, settings.extract))
+        for p in problems
+    }
     work = sorted(
         ((p.index, s) for p in problems for s in range(settings.n_samples)),
         key=lambda w: (len(prompts[w[0]]), w),
     )
     chunks = [work[i : i + settings.batch_size] for i in range(0, len(work), settings.batch_size)]
-    sampling = SamplingConfig(settings.max_new_tokens, settings.temperature, settings.top_p, top_k=0)
     stop_ids = templates.stop_token_ids(tokenizer)
     pad_id = templates.pad_token_id(tokenizer)
     bar = tqdm(total=len(work), desc=f"{name}", unit="seq", disable=not settings.progress)
@@ -173,7 +205,13 @@ def _generate_missing(
         if not todo:
             continue
         completions = generate(
-            model, [prompts[i] for i, _ in todo], sampling, stop_ids, pad_id, batch_size=settings.batch_size
+            model,
+            [prompts[i] for i, _ in todo],
+            settings,  # a SamplingConfig
+            stop_ids,
+            pad_id,
+            batch_size=settings.batch_size,
+            backend=settings.backend,
         )
         for (index, sample), c in zip(todo, completions):
             text = tokenizer.decode(c.token_ids, skip_special_tokens=True)
@@ -184,12 +222,29 @@ def _generate_missing(
     bar.close()
 
 
+def _question(problem: Problem, extract: str) -> str:
+    """The question as the prompt shows it. The Qwen2.5-Math harness strips surrounding whitespace and asks
+    yes/no and true/false questions with a hint; "boxed" keeps the benchmark's text unchanged."""
+    if extract != "harness":
+        return problem.question
+    question = problem.question.strip()
+    gold = problem.gold.strip().lower()
+    hint = {
+        "true": " (True or False)",
+        "false": " (True or False)",
+        "yes": " (Yes or No)",
+        "no": " (Yes or No)",
+    }
+    return question + hint.get(gold, "")
+
+
 def _grade_all(
     grader: Grader, problems: Sequence[Problem], preds: Sequence[Prediction], progress: bool, name: str
 ) -> list[Grade]:
     gold = {p.index: p.gold for p in problems}
+    rounded = name in ROUNDED_GOLDS
     return [
-        grader.grade(gold[p.index], p.completion)
+        grader.grade(gold[p.index], p.completion, rounded)
         for p in tqdm(preds, desc=f"grading {name}", unit="ans", disable=not progress)
     ]
 
@@ -205,7 +260,9 @@ def _result_row(pred: Prediction, grade: Grade) -> dict:
     }
 
 
-def summarize(preds: Sequence[Prediction], grades: Sequence[Grade], size: int, wall_time_s: float) -> dict:
+def benchmark_summary(
+    preds: Sequence[Prediction], grades: Sequence[Grade], size: int, wall_time_s: float
+) -> dict:
     """Per-benchmark metrics from its graded predictions (several samples of one index are its k samples)."""
     per_problem: dict[int, list[bool]] = {}
     for pred, grade in zip(preds, grades):
@@ -254,8 +311,11 @@ def regrade(
     data_dir: str | Path | None,
     grading_timeout_s: float = 5.0,
     progress: bool = False,
+    extract: str = "boxed",
 ) -> dict:
-    """Grade saved completions without a model. Results keep the file's row order."""
+    """Grade saved completions without a model, finding answers as `extract` says. Results keep the file's
+    row order."""
+    check_mode(extract)
     path = Path(predictions_path)
     saved, rows = read_predictions(path)
     if not rows:
@@ -272,13 +332,13 @@ def regrade(
                 f"index {p.index} is out of range"
             )
     per_bench, grades = {}, {}
-    with Grader(grading_timeout_s) as grader:
+    with Grader(grading_timeout_s, extract=extract) as grader:
         for name in names:
             start = time.perf_counter()
             mine = [(lineno, p) for lineno, p in rows if p.benchmark == name]
             gs = _grade_all(grader, list(problems[name].values()), [p for _, p in mine], progress, name)
             grades.update({lineno: g for (lineno, _), g in zip(mine, gs)})
-            per_bench[name] = summarize(
+            per_bench[name] = benchmark_summary(
                 [p for _, p in mine], gs, len(problems[name]), time.perf_counter() - start
             )
     results = [_result_row(p, grades[lineno]) for lineno, p in rows]
@@ -287,6 +347,7 @@ def regrade(
         "benchmarks": names,
         "data_dir": None if data_dir is None else str(data_dir),
         "grading_timeout_s": grading_timeout_s,
+        "extract": extract,
         "regraded_from": str(path),
     }
     return build_report(settings, per_bench, results, str(path), 0)

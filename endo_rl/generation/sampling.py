@@ -12,15 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from endo_rl.core.config import SamplingConfig
 
-@dataclass
-class SamplingConfig:
-    """Decoding settings; temperature 0 means greedy."""
-
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+__all__ = ["Completion", "SamplingConfig", "cut_at_stop"]
 
 
 @dataclass
