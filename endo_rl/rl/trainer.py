@@ -221,9 +221,8 @@ class Trainer:
         with self._timed("generate"):
             if self.generator is None:
                 self.generator = make_generator(policy.lm, g.backend, g.batch_size)
-            self.generator.sync_weights(
-                policy.lm
-            )  # the weights this step's optimizer left (or ZeRO-3 gathered)
+            # the weights this step's optimizer left (or that ZeRO-3 gathered)
+            self.generator.sync_weights(policy.lm)
             completions = self.generator.generate(
                 prompt_ids,
                 g,  # a SamplingConfig: max_new_tokens, temperature, top_p, top_k
