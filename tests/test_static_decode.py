@@ -7,7 +7,8 @@ import torch
 from conftest import make_tiny_qwen
 
 from endo_rl.generation import static as static_decode
-from endo_rl.generation.sampling import SamplingConfig, generate
+from endo_rl.generation.generator import generate
+from endo_rl.generation.sampling import SamplingConfig
 
 PAD, EOS = 151643, 151645
 
@@ -28,11 +29,19 @@ def make_llama(seed: int = 0):
     return LlamaForCausalLM(cfg).double().eval()
 
 
-@pytest.mark.parametrize("make", [lambda: make_tiny_qwen(dtype=torch.float64), make_llama])
-def test_prefill_and_decode_logits_match_full_forward(make):
+@pytest.mark.parametrize(
+    "make, window",
+    [
+        (lambda: make_tiny_qwen(dtype=torch.float64), 128),
+        (lambda: make_tiny_qwen(dtype=torch.float64), 2),
+        (make_llama, 3),
+    ],
+)
+def test_prefill_and_decode_logits_match_full_forward(make, window):
+    """Also with attention windows smaller than the cache (each decode step attends to a prefix of it)."""
     model = make()
     prompts = [[5, 6, 7, 8, 9], [11, 12], [13, 14, 15]]  # ragged: left padding is exercised
-    decoder = static_decode.StaticDecoder(model, batch_size=3, max_len=5 + 4)
+    decoder = static_decode.StaticDecoder(model, batch_size=3, max_len=5 + 4, window=window)
     ids = torch.full((3, 5), 0, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for r, p in enumerate(prompts):

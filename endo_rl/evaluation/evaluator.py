@@ -4,7 +4,7 @@
         problems   = load_benchmark(name)[:limit]
         todo       = (problem, sample) pairs not yet in the predictions file        # resume
         for chunk of todo (sorted by prompt length):
-            completions = generate(model, prompts, ...)                              # endo_rl.generation.sampling
+            completions = generate(model, prompts, ...)                              # endo_rl.generation.generator
             append each to predictions.jsonl                                          # survives a kill
         grades     = Grader (math-verify in a child process, hard timeout)
         metrics    = accuracy/avg@k +- stderr, truncated, no answer, timeouts, parse errors, tokens, time
@@ -47,7 +47,7 @@ from endo_rl.evaluation.predictions import (
     check_resume_settings,
     read_predictions,
 )
-from endo_rl.generation.sampling import generate
+from endo_rl.generation.generator import generate
 
 
 @dataclass

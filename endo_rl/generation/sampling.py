@@ -1,4 +1,4 @@
-"""Batched generation shared by training rollouts and the evaluator.
+"""Sampling settings and completions, shared by every generator (`generation.generator`).
 
 Prompts go in as token ids and completions come out as token ids with a finish reason, so callers never
 re-tokenize text (re-tokenizing a decoded completion does not always give back the sampled ids, and the
@@ -10,16 +10,11 @@ A completion ends at the first stop token (kept, so EOS is scored and trained on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-from tqdm.auto import tqdm
-
-from endo_rl.core.batch import left_pad
 from endo_rl.core.config import SamplingConfig
 
-__all__ = ["Completion", "SamplingConfig", "generate", "resolve_backend"]
+__all__ = ["Completion", "SamplingConfig", "cut_at_stop"]
 
 
 @dataclass
@@ -30,88 +25,9 @@ class Completion:
     """True when generation hit max_new_tokens before a stop token."""
 
 
-def _cut(row: list[int], stop_ids: set[int], max_new_tokens: int) -> tuple[list[int], bool]:
+def cut_at_stop(row: list[int], stop_ids: set[int], max_new_tokens: int) -> tuple[list[int], bool]:
+    """The completion up to and including its first stop token, and whether it was truncated instead."""
     for i, tok in enumerate(row):
         if tok in stop_ids:
             return row[: i + 1], False
     return row[:max_new_tokens], True
-
-
-def _hf_rows(model, prompts, sampling: SamplingConfig, stop_ids, pad_id: int) -> list[list[int]]:
-    """HF generate on one left-padded micro-batch; the generated columns of each row."""
-    greedy = sampling.temperature == 0
-    kwargs = dict(
-        max_new_tokens=sampling.max_new_tokens,
-        do_sample=not greedy,
-        eos_token_id=list(stop_ids),
-        pad_token_id=pad_id,
-        use_cache=True,
-    )
-    if greedy:  # unset the model's own sampling defaults so greedy really is greedy and quiet
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    else:
-        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-    device = next(model.parameters()).device
-    input_ids, attention_mask = left_pad(prompts, pad_id)
-    sequences = model.generate(
-        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs
-    )
-    return sequences[:, input_ids.shape[1] :].tolist()
-
-
-def resolve_backend(model: torch.nn.Module, backend: str) -> str:
-    """'auto' -> 'static' on CUDA for supported models, else 'hf'; 'static' on an unsupported model is an error."""
-    from endo_rl.generation import static as static_decode
-
-    if backend not in ("auto", "hf", "static"):
-        raise ValueError(f"generation backend must be 'auto', 'hf' or 'static', got {backend!r}")
-    if backend == "static" and not static_decode.supports(model):
-        raise ValueError(
-            f"generation backend 'static' does not support model type {model.config.model_type!r}"
-        )
-    if backend == "auto":
-        on_cuda = next(model.parameters()).device.type == "cuda"
-        return "static" if on_cuda and static_decode.supports(model) else "hf"
-    return backend
-
-
-@torch.no_grad()
-def generate(
-    model: torch.nn.Module,
-    prompt_ids: Sequence[Sequence[int]],
-    sampling: SamplingConfig,
-    stop_ids: Sequence[int],
-    pad_id: int,
-    batch_size: int = 16,
-    progress: bool = False,
-    backend: str = "auto",
-) -> list[Completion]:
-    """One completion per prompt (repeat a prompt to sample it several times), in input order.
-
-    Prompts are sorted by length into micro-batches of `batch_size` and left-padded. `backend="static"` decodes
-    with a preallocated KV cache and CUDA graphs (`endo_rl.generation.static`; Llama/Qwen2-style models only);
-    "auto" picks it on CUDA when the model supports it.
-    """
-    backend = resolve_backend(model, backend)
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    decoder = None
-    if backend == "static":
-        from endo_rl.generation import static as static_decode
-
-        max_len = max(len(p) for p in prompt_ids) + sampling.max_new_tokens
-        decoder = static_decode.StaticDecoder(model, min(batch_size, len(order)), max_len)
-    out: list[Completion | None] = [None] * len(order)
-    bar = tqdm(total=len(order), desc="generating", unit="seq", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        prompts = [prompt_ids[i] for i in idx]
-        if decoder is None:
-            rows = _hf_rows(model, prompts, sampling, stop_ids, pad_id)
-        else:
-            rows = static_decode.generate_rows(decoder, prompts, sampling, stop_ids, pad_id)
-        for row, i in zip(rows, idx, strict=True):
-            tokens, truncated = _cut(row, set(stop_ids), sampling.max_new_tokens)
-            out[i] = Completion(prompt_index=i, token_ids=tokens, truncated=truncated)
-        bar.update(len(idx))
-    bar.close()
-    return out  # type: ignore[return-value]

@@ -93,11 +93,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def decode_layer(x_B1D, w: LayerWeights, k_cache, v_cache, cos_B1d, sin_B1d, slot_1, mask_B11S, dims, eps):
-    """One decoder layer for one new token per row, writing its key/value at cache slot `slot_1`.
+def pre_attention(x_B1D, w: LayerWeights, cos_B1d, sin_B1d, dims, eps):
+    """Norm, Q/K/V projections and rotary for one new token per row: q [B, H, 1, d], k and v [B, K, 1, d].
 
-    `dims` = (heads, KV heads, head dim). Pure tensor code: torch.compile fuses its elementwise work
-    (norms, rotary, SiLU) so a CUDA-graph replay launches a few kernels per layer instead of ~40.
+    `dims` = (heads, KV heads, head dim). Its shapes depend on the batch alone, never on the cache length, so
+    one compilation serves every prompt width and every attention window.
     """
     n_heads, n_kv, head_dim = dims
     B = x_B1D.shape[0]
@@ -106,19 +106,68 @@ def decode_layer(x_B1D, w: LayerWeights, k_cache, v_cache, cos_B1d, sin_B1d, slo
     k = F.linear(h, w.wk, w.bk).view(B, 1, n_kv, head_dim).transpose(1, 2)
     v = F.linear(h, w.wv, w.bv).view(B, 1, n_kv, head_dim).transpose(1, 2)
     cos, sin = cos_B1d.unsqueeze(1), sin_B1d.unsqueeze(1)
-    q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-    k_cache.index_copy_(2, slot_1, k)
-    v_cache.index_copy_(2, slot_1, v)
-    out = F.scaled_dot_product_attention(
-        q, k_cache, v_cache, attn_mask=mask_B11S, scale=head_dim**-0.5, enable_gqa=n_kv != n_heads
-    )
-    x_B1D = x_B1D + F.linear(out.transpose(1, 2).reshape(B, 1, -1), w.wo)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
+
+def post_attention(x_B1D, attn_BH1d, w: LayerWeights, eps):
+    """Output projection, residual, norm and SiLU MLP, residual."""
+    B = x_B1D.shape[0]
+    x_B1D = x_B1D + F.linear(attn_BH1d.transpose(1, 2).reshape(B, 1, -1), w.wo)
     h = rms_norm(x_B1D, w.ln2, eps)
     return x_B1D + F.linear(F.silu(F.linear(h, w.wg)) * F.linear(h, w.wu), w.wd)
 
 
+def decode_layer(
+    fns, x_B1D, w: LayerWeights, k_cache, v_cache, cos_B1d, sin_B1d, slot_1, mask_B11S, dims, eps
+):
+    """One decoder layer for one new token per row, writing its key/value at cache slot `slot_1`.
+
+    `fns` = (pre_attention, post_attention), compiled or not: torch.compile fuses their elementwise work
+    (norms, rotary, SiLU) so a CUDA-graph replay launches a few kernels per layer instead of ~40. The cache
+    write (in place, one slot) and the attention over the window stay outside the compiled code.
+    """
+    pre, post = fns
+    q, k, v = pre(x_B1D, w, cos_B1d, sin_B1d, dims, eps)
+    k_cache.index_copy_(2, slot_1, k)
+    v_cache.index_copy_(2, slot_1, v)
+    n_heads, n_kv, head_dim = dims
+    out = F.scaled_dot_product_attention(
+        q, k_cache, v_cache, attn_mask=mask_B11S, scale=head_dim**-0.5, enable_gqa=n_kv != n_heads
+    )
+    return post(x_B1D, out, w, eps)
+
+
+_COMPILED: dict = {}
+
+
+def compiled_layer_fns(backend) -> tuple:
+    """(pre_attention, post_attention) compiled once per process and backend, shared by every decoder.
+
+    Dynamo keys its cache on a function's code, so shared compiled objects keep the count of compilations
+    bounded: their shapes depend only on the batch, and a second batch size makes the batch dimension symbolic
+    (automatic dynamic shapes); a batch of one is specialized apart.
+    """
+    key = backend if isinstance(backend, str) else id(backend)
+    if key not in _COMPILED:
+        _COMPILED[key] = tuple(torch.compile(f, backend=backend) for f in (pre_attention, post_attention))
+    return _COMPILED[key]
+
+
+def _pointers(model: torch.nn.Module) -> tuple[int, ...]:
+    return tuple(p.data_ptr() for p in model.parameters())
+
+
 class StaticDecoder:
-    """Prefill + decode with a static KV cache for one batch shape (batch size, cache length)."""
+    """Prefill + decode with a static KV cache of `batch_size` rows and `max_len` slots, reusable across calls.
+
+    A decode step attends only to the cache prefix in use, rounded up to `window` slots: reading the whole
+    cache at every step would add the full cache's bytes to every step's weight read. Each window has its own
+    CUDA graph, captured on first use and replayed afterwards. An optimizer step updates weights in place, so
+    the graphs stay valid; `sync_weights` re-binds the weights and drops the graphs only when the parameters
+    moved to new storage (e.g. ZeRO-3 gathering them anew).
+
+    `compile`: False (eager), True (inductor on CUDA, eager elsewhere) or a torch.compile backend.
+    """
 
     def __init__(
         self,
@@ -126,16 +175,17 @@ class StaticDecoder:
         batch_size: int,
         max_len: int,
         use_cuda_graph: bool = True,
-        compile: bool = True,
+        compile: bool | str | object = True,
+        window: int = 128,
     ):
         cfg = model.config
-        self.model, self.backbone = model, model.get_decoder()
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        shape = (len(self.backbone.layers), batch_size, self.n_kv, max_len, self.head_dim)
+        self.batch_size, self.max_len, self.window = batch_size, max_len, window
+        shape = (len(model.get_decoder().layers), batch_size, self.n_kv, max_len, self.head_dim)
         self.k_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.v_cache = torch.zeros_like(self.k_cache)
         self.key_valid_BS = torch.zeros(batch_size, max_len, dtype=torch.bool, device=self.device)
@@ -143,20 +193,33 @@ class StaticDecoder:
         self.token_B1 = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.position_B1 = torch.zeros_like(self.token_B1)
         self.slot_1 = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.next_slot = 0  # host copy of slot_1: picks the window without a device sync
         self.logits_BV: torch.Tensor | None = None
         self.use_cuda_graph = use_cuda_graph and self.device.type == "cuda"
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.weights = [layer_weights(layer) for layer in self.backbone.layers]
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.dims = (self.n_heads, self.n_kv, self.head_dim)
         self.eps = cfg.rms_norm_eps
-        # compiled only on CUDA, where kernel count is what a decode step is short of
-        self.layer_fn = (
-            torch.compile(decode_layer, dynamic=False)
-            if compile and self.device.type == "cuda"
-            else decode_layer
-        )
+        if compile is True:  # by default compiled only on CUDA, where kernel count is what a step is short of
+            compile = "inductor" if self.device.type == "cuda" else False
+        self.layer_fns = compiled_layer_fns(compile) if compile else (pre_attention, post_attention)
+        self._bound: tuple[int, ...] | None = None
+        self.sync_weights(model)
 
-    def _attention(self, layer, x_BTD, cos, sin, slots: torch.Tensor | slice, mask_B1TS) -> torch.Tensor:
+    @torch.no_grad()
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Bind to `model`'s current weights, detached: decoding never builds an autograd graph."""
+        self.model, self.backbone = model, model.get_decoder()
+        self.weights = [
+            LayerWeights(*(None if w is None else w.detach() for w in layer_weights(layer)))
+            for layer in self.backbone.layers
+        ]
+        pointers = _pointers(model)
+        if self._bound != pointers:
+            self.graphs.clear()
+            self._bound = pointers
+
+    def _attention(self, layer, x_BTD, cos, sin, P: int, mask_B1TS) -> torch.Tensor:
+        """Prefill attention over the prompt columns [0, P), writing them to the cache."""
         attn, (B, T, _) = layer.self_attn, x_BTD.shape
         q = attn.q_proj(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(x_BTD).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
@@ -164,82 +227,85 @@ class StaticDecoder:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         idx = attn.layer_idx
-        if isinstance(slots, slice):
-            self.k_cache[idx, :, :, slots], self.v_cache[idx, :, :, slots] = k, v
-        else:  # index_copy_ with a tensor index keeps the decode step capturable
-            self.k_cache[idx].index_copy_(2, slots, k)
-            self.v_cache[idx].index_copy_(2, slots, v)
-        keys, values = self.k_cache[idx], self.v_cache[idx]
-        if isinstance(slots, slice):  # prefill attends to the prompt columns only
-            keys, values = keys[:, :, slots], values[:, :, slots]
+        self.k_cache[idx, :, :, :P], self.v_cache[idx, :, :, :P] = k, v
         out = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask_B1TS, scale=attn.scaling, enable_gqa=self.n_kv != self.n_heads
+            q, k, v, attn_mask=mask_B1TS, scale=attn.scaling, enable_gqa=self.n_kv != self.n_heads
         )
         return attn.o_proj(out.transpose(1, 2).reshape(B, T, -1))
-
-    def _forward(self, ids_BT, position_BT, slots, mask_B1TS) -> torch.Tensor:
-        """Decoder layers + final norm + LM head at the last column: logits [B, V] (float32)."""
-        x = self.backbone.embed_tokens(ids_BT)
-        cos, sin = self.backbone.rotary_emb(x, position_BT)
-        for layer in self.backbone.layers:
-            x = x + self._attention(layer, layer.input_layernorm(x), cos, sin, slots, mask_B1TS)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        x = self.backbone.norm(x[:, -1])
-        return self.model.get_output_embeddings()(x).float()
 
     @torch.no_grad()
     def prefill(self, input_ids_BP: torch.Tensor, attention_mask_BP: torch.Tensor) -> torch.Tensor:
         """Run the left-padded prompts, fill cache columns [0, P); returns next-token logits [B, V]."""
         B, P = input_ids_BP.shape
+        if self.batch_size != B or self.max_len <= P:
+            raise ValueError(
+                f"prefill of {B} x {P} tokens in a decoder of {self.batch_size} x {self.max_len}"
+            )
         valid = attention_mask_BP.bool()
         self.key_valid_BS.zero_()
         self.key_valid_BS[:, :P] = valid
         position_BP = (attention_mask_BP.long().cumsum(-1) - 1).clamp(min=0)
         causal_PP = torch.ones(P, P, dtype=torch.bool, device=self.device).tril()
         # a padded query row would see no key at all (NaN in SDPA): let it see itself
-        mask_B1PP = (causal_PP & valid[:, None, :]) | torch.eye(P, dtype=torch.bool, device=self.device)
-        logits = self._forward(input_ids_BP, position_BP, slice(0, P), mask_B1PP[:, None])
+        mask_B1PP = ((causal_PP & valid[:, None, :]) | torch.eye(P, dtype=torch.bool, device=self.device))[
+            :, None
+        ]
+        x = self.backbone.embed_tokens(input_ids_BP)
+        cos, sin = self.backbone.rotary_emb(x, position_BP)
+        for layer in self.backbone.layers:
+            x = x + self._attention(layer, layer.input_layernorm(x), cos, sin, P, mask_B1PP)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        logits = self.model.get_output_embeddings()(self.backbone.norm(x[:, -1])).float()
         self.position_B1.copy_(position_BP[:, -1:] + 1)
         self.slot_1.fill_(P)
+        self.next_slot = P
         return logits
 
-    def _decode_step(self) -> None:
+    def _decode_step(self, width: int) -> torch.Tensor:
+        """One token per row, attending to cache slots [0, width)."""
         self.key_valid_BS.index_fill_(1, self.slot_1, True)
-        mask_B11S = self.key_valid_BS[:, None, None, :]
+        mask_B11W = self.key_valid_BS[:, None, None, :width]
         x = self.backbone.embed_tokens(self.token_B1)
         cos, sin = self.backbone.rotary_emb(x, self.position_B1)
         for i, w in enumerate(self.weights):
-            x = self.layer_fn(
-                x, w, self.k_cache[i], self.v_cache[i], cos, sin, self.slot_1, mask_B11S, self.dims, self.eps
+            k, v = self.k_cache[i, :, :, :width], self.v_cache[i, :, :, :width]
+            x = decode_layer(
+                self.layer_fns, x, w, k, v, cos, sin, self.slot_1, mask_B11W, self.dims, self.eps
             )
-        self.logits_BV = self.model.get_output_embeddings()(self.backbone.norm(x[:, -1])).float()
+        return self.model.get_output_embeddings()(self.backbone.norm(x[:, -1])).float()
 
-    def _capture(self) -> None:
+    def _capture(self, width: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         saved = [t.clone() for t in (self.key_valid_BS, self.slot_1, self.position_B1)]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm-up on a side stream, as CUDA graph capture requires
-                self._decode_step()
+                self._decode_step(width)
         torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._decode_step()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits_BV = self._decode_step(width)
         for buf, value in zip((self.key_valid_BS, self.slot_1, self.position_B1), saved, strict=True):
             buf.copy_(value)
+        return graph, logits_BV
 
     @torch.no_grad()
     def decode(self, token_B: torch.Tensor) -> torch.Tensor:
         """Feed one token per row at the next cache slot; returns next-token logits [B, V]."""
+        if self.next_slot >= self.max_len:
+            raise ValueError(f"the decoder's cache of {self.max_len} slots is full")
+        width = min(self.max_len, -(-(self.next_slot + 1) // self.window) * self.window)
         self.token_B1.copy_(token_B[:, None])
         if self.use_cuda_graph:
-            if self.graph is None:
-                self._capture()
-            self.graph.replay()
+            if width not in self.graphs:
+                self.graphs[width] = self._capture(width)
+            graph, self.logits_BV = self.graphs[width]
+            graph.replay()
         else:
-            self._decode_step()
+            self.logits_BV = self._decode_step(width)
         self.position_B1 += 1
         self.slot_1 += 1
+        self.next_slot += 1
         return self.logits_BV
 
 
@@ -266,15 +332,20 @@ def generate_rows(
     sampling,
     stop_ids: Sequence[int],
     pad_id: int,
+    width: int | None = None,
 ) -> list[list[int]]:
     """Prefill one micro-batch and decode until every row stopped or `sampling.max_new_tokens`.
 
     A micro-batch smaller than the decoder's batch is filled with copies of its first prompt (dropped after),
-    so the captured CUDA graph keeps one shape.
+    and prompts are left-padded to `width` columns (default: the longest), so the shapes the decoder sees come
+    from a small fixed set.
     """
-    n, B = len(prompt_ids), decoder.token_B1.shape[0]
+    n, B = len(prompt_ids), decoder.batch_size
     prompts = list(prompt_ids) + [prompt_ids[0]] * (B - n)
     ids, mask = left_pad(prompts, pad_id)
+    if width is not None and width > ids.shape[1]:
+        ids = F.pad(ids, (width - ids.shape[1], 0), value=pad_id)
+        mask = F.pad(mask, (width - mask.shape[1], 0), value=0)
     logits = decoder.prefill(ids.to(decoder.device), mask.to(decoder.device))
     stop = torch.tensor(list(stop_ids), device=decoder.device)
     done = torch.zeros(B, dtype=torch.bool, device=decoder.device)

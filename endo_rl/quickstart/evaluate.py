@@ -1,6 +1,6 @@
 """Quickstart evaluation: accuracy on held-out problems per horizon H, greedy and sampled (avg over k samples).
 
-It decodes with `endo_rl.generation.sampling.generate`, the code the trainer's rollouts use, with the same stop token and
+It decodes with `endo_rl.generation.generator.generate`, the code the trainer's rollouts use, with the same stop token and
 length limit before and after RL. Set names are `H{h}_greedy` and `H{h}_sampled`.
 """
 
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from endo_rl.generation.sampling import SamplingConfig, generate
+from endo_rl.generation.generator import generate
+from endo_rl.generation.sampling import SamplingConfig
 from endo_rl.quickstart.task import AdditionProblem, is_correct
 from endo_rl.quickstart.tokenizer import encode
 

@@ -5,8 +5,10 @@ log-probs for the KL term and the endogenous token rewards. Only when the reward
 (`reward.endogenous.system_prompt`) or is a different model (`reward.endogenous.model`) is there a second
 forward, for the reward alone; the KL always uses the policy's own prompt and the reference model.
 
-Sequences are processed in micro-batches, each packed to its own length, and the results padded into one
-[B, L] tensor per quantity (response layout, zero past each response).
+Sequences are processed in micro-batches formed by total length (`micro_batches`: sorted by prompt + response
+length, so each micro-batch pads to a length close to its rows' own and little compute goes to padding), each
+packed to its own length; the results are put back into one [B, L] tensor per quantity in the rollout's row
+order (response layout, zero past each response).
 
 Shape legend: B sequences on this process, L longest response.
 """
@@ -42,19 +44,35 @@ class Rollout:
     returns_BL: torch.Tensor | None = None
 
 
-def micro_batches(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+def micro_batches(lengths: list[int], size: int) -> list[list[int]]:
+    """Row indices in micro-batches of `size` grouped by length (rows of similar length together), each
+    micro-batch's rows in their original order; the same rows as `range(n)` when there is one micro-batch."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [sorted(order[i : i + size]) for i in range(0, len(order), size)]
 
 
-def pad_cat(parts: list[torch.Tensor], width: int) -> torch.Tensor:
-    """Concatenate [b_i, l_i] tensors along rows, zero-padding each to `width` columns."""
-    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+def sequence_lengths(prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[int]:
+    return [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+
+
+def computed_tokens(lengths: list[int], batches: list[list[int]]) -> int:
+    """Token positions one forward over `batches` computes, padding included (rows x longest row per batch)."""
+    return sum(len(rows) * max(lengths[i] for i in rows) for rows in batches)
+
+
+def scatter_rows(parts: list[torch.Tensor], batches: list[list[int]], width: int) -> torch.Tensor:
+    """[b_i, l_i] tensors of each micro-batch's rows into one [B, width] tensor in row order, zero-padded."""
+    n = sum(len(rows) for rows in batches)
+    out = torch.zeros((n, width), dtype=parts[0].dtype)
+    for part, rows in zip(parts, batches, strict=True):
+        out[rows, : part.shape[1]] = part
+    return out
 
 
 def packed(
-    prompt_ids: list[list[int]], response_ids: list[list[int]], rows: slice, pad_id: int, device
+    prompt_ids: list[list[int]], response_ids: list[list[int]], rows: list[int], pad_id: int, device
 ) -> PackedBatch:
-    return pack(prompt_ids[rows], response_ids[rows], pad_id).to(device)
+    return pack([prompt_ids[i] for i in rows], [response_ids[i] for i in rows], pad_id).to(device)
 
 
 @torch.no_grad()
@@ -69,12 +87,13 @@ def reference_pass(
     """(reference log-probs, endogenous token rewards) from one forward per micro-batch, [B, L] on CPU."""
     device = next(lm.parameters()).device
     width = max(len(r) for r in response_ids)
+    batches = micro_batches(sequence_lengths(prompt_ids, response_ids), batch_size)
     logprobs, rewards = [], []
-    for rows in micro_batches(len(response_ids), batch_size):
+    for rows in batches:
         out = reference_forward(lm, packed(prompt_ids, response_ids, rows, pad_id, device), alpha)
         logprobs.append(out.logprobs_BL.float().cpu())
         rewards.append(out.token_rewards_BL.float().cpu())
-    return pad_cat(logprobs, width), pad_cat(rewards, width)
+    return scatter_rows(logprobs, batches, width), scatter_rows(rewards, batches, width)
 
 
 @torch.no_grad()
@@ -88,12 +107,13 @@ def policy_pass(
 ) -> dict[str, torch.Tensor]:
     """The policy's log-probs (and values, with a value head) at sampling time, [B, L] on CPU."""
     width = max(len(r) for r in response_ids)
+    batches = micro_batches(sequence_lengths(prompt_ids, response_ids), batch_size)
     parts: dict[str, list[torch.Tensor]] = {}
-    for rows in micro_batches(len(response_ids), batch_size):
+    for rows in batches:
         out = forward(**vars(packed(prompt_ids, response_ids, rows, pad_id, device)))
         for key, value in out.items():
             parts.setdefault(key, []).append(value.float().cpu())
-    return {key: pad_cat(values, width) for key, values in parts.items()}
+    return {key: scatter_rows(values, batches, width) for key, values in parts.items()}
 
 
 def response_mask(response_ids: list[list[int]]) -> torch.Tensor:

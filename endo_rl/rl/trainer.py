@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from endo_rl.core import config_loader, models, templates
 from endo_rl.core.config import ExperimentConfig, check_batch_sizes, world_size_from_env
 from endo_rl.core.errors import UserError
-from endo_rl.generation.sampling import generate
+from endo_rl.generation.generator import Generator, make_generator
 from endo_rl.rl import advantages, checkpoint, distributed, resume, rewards, run_lock
 from endo_rl.rl import metrics as step_metrics
 from endo_rl.rl import rollout as rl
@@ -83,6 +83,8 @@ class Trainer:
         self._build_models(lm)
         self.step, self.guard = 0, NonFiniteGuard(acc, t.on_nonfinite)
         self.timings: dict[str, float] = {}
+        self.generator: Generator | None = None
+        """The rollout engine, made at the first step and kept (compiled graphs, KV caches) across steps."""
         self._resume()
         if acc.is_main_process:
             config_loader.save(cfg, self.output_dir / "config.yaml")
@@ -217,15 +219,16 @@ class Trainer:
         g = self.cfg.generation
         prompt_ids = [p.prompt_ids for p in prompts]
         with self._timed("generate"):
-            completions = generate(
-                policy.lm,
+            if self.generator is None:
+                self.generator = make_generator(policy.lm, g.backend, g.batch_size)
+            # the weights this step's optimizer left (or that ZeRO-3 gathered)
+            self.generator.sync_weights(policy.lm)
+            completions = self.generator.generate(
                 prompt_ids,
                 g,  # a SamplingConfig: max_new_tokens, temperature, top_p, top_k
                 self.stop_ids,
                 self.pad_id,
-                g.batch_size,
                 progress=self.accelerator.is_main_process,
-                backend=g.backend,
             )
         response_ids = [c.token_ids for c in completions]
         with self._timed("reference"), self._reference(policy) as ref_lm:

@@ -44,8 +44,10 @@ class PolicyUpdate:
         scale = acc.num_processes * acc.gradient_accumulation_steps
         sums: dict[str, torch.Tensor] = {}
         skipped = False
+        lengths = rl.sequence_lengths(rollout.prompt_ids, rollout.response_ids)
+        batches = rl.micro_batches(lengths, cfg.train.micro_batch_size)  # grouped by length: little padding
         for epoch in range(cfg.algo.ppo_epochs):
-            for rows in rl.micro_batches(mask.shape[0], cfg.train.micro_batch_size):
+            for rows in batches:
                 with acc.accumulate(self.model):
                     if skipped:
                         continue
@@ -62,7 +64,9 @@ class PolicyUpdate:
         stats.update({k.removeprefix("first/"): v.item() for k, v in sums.items() if k.startswith("first/")})
         return stats
 
-    def losses(self, rollout: rl.Rollout, rows: slice, batch, denominator: float) -> dict[str, torch.Tensor]:
+    def losses(
+        self, rollout: rl.Rollout, rows: list[int], batch, denominator: float
+    ) -> dict[str, torch.Tensor]:
         """Forward one micro-batch -> its globally normalized loss terms (and first-epoch diagnostics)."""
         a, device = self.cfg.algo, self.accelerator.device
         out = self.model(**vars(batch))

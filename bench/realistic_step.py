@@ -1,0 +1,331 @@
+"""The realistic RL step, the benchmark of record: real MATH prompts, responses that end anywhere, vs TRL.
+
+    python bench/realistic_step.py --tokenizer DIR --data TRAIN_JSONL --out r.json       # 7B-shaped, 1 GPU
+    python bench/realistic_step.py --shape tiny --device cpu --tokenizer DIR --data F   # check on a CPU
+    python bench/realistic_step.py --table r.json                                     # table of a saved run
+
+Workload (identical for both sides): the first prompts of MATH train in the qwen25-math-cot template, 8 prompts
+x 8 samples = 64 rollouts per step, at most 1024 new tokens, temperature 1. The model is random-init with
+Qwen2.5-Math-7B's shape; a forward hook on its LM head sets the logit of the tokenizer's EOS to
+log(p V) + s^2 / 2 (s = the std of that row's logits, p = --stop-p, default 1/256), so that a response ends
+with probability about p per token (random logits are near-Gaussian: the softmax denominator is about
+V exp(s^2/2)), mean length near 1/p. Both sides sample from the same hooked model and stop on that EOS.
+
+Parts (each its own process, so peak memory is its own): `ceilings` (copy bandwidth, bf16 matmul rate),
+`decode` (ms per decode step at batch 64 through our generator, vs the weight-read bound), `ours` / `ours_ppo`
+(our trainer's GRPO / PPO step; per-step longest response, tokens computed incl. padding, compilations after
+warm-up), `trl` (TRL's GRPOTrainer: same hook, prompts and 64 completions per step; the endogenous reward from
+our batched adapter on a frozen copy). The floor of each step is computed from its own token counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import grpo_step as base  # noqa: E402  (shapes, model building, timing)
+from realistic_table import analyse, table  # noqa: E402
+
+PARTS = ("ceilings", "decode", "ours", "ours_ppo", "trl")
+
+
+def add_stop_hook(model, eos_id: int, p: float):
+    """Set the EOS logit to log(p V) + s^2/2 per row (s: that row's logit std): stop probability about p."""
+    head = model.get_output_embeddings()
+    base_logit = math.log(p * head.weight.shape[0])
+    index = torch.tensor([eos_id], device=head.weight.device)
+
+    def hook(_module, _inputs, logits):
+        s = logits.detach().std(-1, keepdim=True).float()  # reduced in float32 inside, no float32 copy
+        return logits.index_copy(-1, index, (base_logit + s**2 / 2).to(logits.dtype))
+
+    return head.register_forward_hook(hook)
+
+
+def load_math_prompts(args: argparse.Namespace, tokenizer, n: int) -> list:
+    from endo_rl.core import templates
+    from endo_rl.core.jsonl import read_jsonl
+    from endo_rl.rl.data import Prompt
+
+    rows = [row for _, row in read_jsonl(Path(args.data))][:n]
+    ids = [templates.prompt_ids("qwen25-math-cot", tokenizer, row["problem"]) for row in rows]
+    return [Prompt(f"math {i}", r["problem"], p, None, None) for i, (r, p) in enumerate(zip(rows, ids))]
+
+
+def compile_count() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["frames"]["total"]  # frames dynamo compiled so far (recompiles included)
+
+
+# ----- parts ----------------------------------------------------------------------------------------------------
+
+
+def part_ceilings(args, model, tokenizer) -> dict:
+    """The two ceilings measured on this device: copy bandwidth (read + write) and the bf16 matmul rate."""
+    if args.device != "cuda":  # only to check the script on a CPU: no meaningful floor there
+        return {"copy_bytes_per_s": float("nan"), "matmul_flops": float("nan")}
+    a = torch.randn(8192, 8192, device=args.device, dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    seconds = statistics.median(base.timed(lambda: a @ b, args.device, repeat=10, warmup=3))
+    return {"copy_bytes_per_s": base.copy_bandwidth(args.device), "matmul_flops": 2 * 8192**3 / seconds}
+
+
+def part_decode(args, model, tokenizer) -> dict:
+    """Per decode step at batch 64: (time for N tokens - time for 1) / (N - 1), our generator kept warm."""
+    from endo_rl.generation import static as static_decode
+    from endo_rl.generation.generator import StaticDecoderGenerator
+    from endo_rl.generation.sampling import SamplingConfig
+
+    prompts = [p.prompt_ids for p in load_math_prompts(args, tokenizer, 64)]
+    generator = StaticDecoderGenerator(model, batch_size=64)
+    n = args.max_new_tokens
+    generator.generate(prompts, SamplingConfig(n), [-1], 0)  # warm-up: compile, capture every window
+    decoder = generator.decoders[64]
+
+    def run(tokens: int):
+        width = max(len(p) for p in prompts)
+        width = -(-width // generator.prompt_bucket) * generator.prompt_bucket
+        static_decode.generate_rows(decoder, prompts, SamplingConfig(tokens), [-1], 0, width)
+
+    full = statistics.median(base.timed(lambda: run(n), args.device, repeat=2, warmup=0))
+    first = statistics.median(base.timed(lambda: run(1), args.device, repeat=3, warmup=0))
+    return {"batch": 64, "tokens": n, "ms_per_step": 1e3 * (full - first) / (n - 1)}
+
+
+def row_order_batches(n: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+def step_shape(rollout, micro_batch: int) -> dict:
+    """Token counts of one step's rollout: what the floor is computed from, and what padding cost."""
+    from endo_rl.rl import rollout as rl
+
+    lengths = rl.sequence_lengths(rollout.prompt_ids, rollout.response_ids)
+    return {
+        "longest_response": max(len(r) for r in rollout.response_ids),
+        "response_tokens": sum(len(r) for r in rollout.response_ids),
+        "tokens": sum(lengths),
+        "computed_tokens": rl.computed_tokens(lengths, rl.micro_batches(lengths, micro_batch)),
+        "computed_tokens_row_order": rl.computed_tokens(
+            lengths, row_order_batches(len(lengths), micro_batch)
+        ),
+    }
+
+
+def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
+    import tempfile
+
+    from endo_rl.core import config
+    from endo_rl.rl.trainer import Trainer
+
+    steps = args.warmup + args.steps
+    overrides = [
+        f"output_dir={tempfile.mkdtemp()}",
+        f"algo.name={algo}",
+        f"algo.group_size={args.group}",
+        f"reward.endogenous.level={'token' if algo == 'ppo' else 'sequence'}",
+        f"algo.kl_mode={'reward' if algo == 'ppo' else 'loss'}",
+        "algo.kl_coef=0.01",
+        f"train.prompts_per_step={args.prompts}",
+        f"train.micro_batch_size={args.micro_batch}",
+        "train.lr=1e-6",
+        f"train.max_steps={steps}",
+        f"generation.max_new_tokens={args.max_new_tokens}",
+        f"generation.batch_size={args.prompts * args.group}",
+        "logging.wandb=false",
+        "model.gradient_checkpointing=true",
+    ]
+    cfg = config.load(None, overrides)
+    add_stop_hook(model, tokenizer.eos_token_id, args.stop_p)
+    prompts = load_math_prompts(args, tokenizer, args.prompts * steps)
+    trainer = Trainer(cfg, lm=model, tokenizer=tokenizer, prompts=prompts)
+    shapes: list[dict] = []
+    collect = trainer.collect
+
+    def recording_collect(policy, step_prompts):  # reads the rollout's token counts; changes nothing
+        rollout = collect(policy, step_prompts)
+        shapes.append(step_shape(rollout, args.micro_batch))
+        return rollout
+
+    trainer.collect = recording_collect
+    metrics, compiles = [], []
+    for _ in range(steps):
+        metrics.append(trainer.train_step())
+        compiles.append(compile_count())
+    steady = metrics[args.warmup :]
+    out = base.summarize(
+        [m["step_time_s"] for m in steady], steady, argparse.Namespace(**vars(args), world=1)
+    )
+    return {
+        "algo": algo,
+        **out,
+        "per_step": shapes[args.warmup :],
+        "phase_times": [{k: v for k, v in m.items() if k.startswith("time/")} for m in steady],
+        "compiles_per_step": compiles,
+        "compiles_after_warmup": compiles[-1] - compiles[args.warmup - 1],
+    }
+
+
+def part_ours_ppo(args, model, tokenizer) -> dict:
+    steps = args.steps if args.ppo_steps is None else args.ppo_steps
+    return part_ours(argparse.Namespace(**{**vars(args), "steps": steps}), model, tokenizer, algo="ppo")
+
+
+def part_trl(args, model, tokenizer) -> dict:
+    """TRL's GRPOTrainer: 8 prompts x 8 generations per optimizer step (per-device batch 8 x 8 accumulation)."""
+    import copy
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from endo_rl.reward.reference import ReferenceModel
+    from endo_rl.trl_adapter import EndogenousRewardFunc
+
+    if args.trl_steps is not None:
+        args = argparse.Namespace(**{**vars(args), "steps": args.trl_steps})
+    steps = args.warmup + args.steps
+    reward = EndogenousRewardFunc(
+        ReferenceModel(copy.deepcopy(model), tokenizer, batch_size=args.micro_batch)
+    )
+    add_stop_hook(model, tokenizer.eos_token_id, args.stop_p)
+    texts = [tokenizer.decode(p.prompt_ids) for p in load_math_prompts(args, tokenizer, args.prompts * steps)]
+    path = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    model.save_pretrained(path)  # TRL builds its KL reference from the policy's path: same random weights
+    model.config._name_or_path = str(path)
+    targs = GRPOConfig(
+        output_dir=tempfile.mkdtemp(),
+        max_steps=steps,
+        per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=args.prompts * args.group // args.micro_batch,
+        num_generations=args.group,
+        max_completion_length=args.max_new_tokens,
+        learning_rate=1e-6,
+        beta=0.01,
+        bf16=args.device == "cuda",
+        gradient_checkpointing=True,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=args.device == "cpu",
+        shuffle_dataset=False,
+        seed=0,
+        model_init_kwargs={"dtype": model.dtype},
+    )
+
+    class StepTimer(TrainerCallback):
+        times: list[float] = []
+
+        def on_step_begin(self, *a, **k):
+            base.sync(args.device)
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            base.sync(args.device)
+            self.times.append(time.perf_counter() - self.start)
+
+    timer = StepTimer()
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward],
+        args=targs,
+        train_dataset=Dataset.from_dict({"prompt": texts}),
+        processing_class=tokenizer,
+        callbacks=[timer],
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "completions/mean_length" in h][args.warmup :]
+    metrics = [{"response_length": h["completions/mean_length"]} for h in logs]
+    out = base.summarize(timer.times[args.warmup :], metrics, argparse.Namespace(**vars(args), world=1))
+    out["longest_response"] = [h.get("completions/max_length") for h in logs]
+    return out
+
+
+PART_FNS = {
+    "ceilings": part_ceilings,
+    "decode": part_decode,
+    "ours": part_ours,
+    "ours_ppo": part_ours_ppo,
+    "trl": part_trl,
+}
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", default="all", choices=["all", *PART_FNS])
+    p.add_argument("--parts", default=",".join(PARTS), help="with --part all: which parts, in order")
+    p.add_argument("--shape", default="7b", choices=list(base.SHAPES))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--tokenizer", required=True, help="Qwen2.5 tokenizer directory")
+    p.add_argument("--data", required=True, help="MATH train.jsonl")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--stop-p", type=float, default=1 / 256)
+    p.add_argument("--steps", type=int, default=10, help="measured steps after warm-up")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--trl-steps", type=int, default=None, help="TRL's measured steps (default --steps)")
+    p.add_argument("--ppo-steps", type=int, default=None, help="our PPO's measured steps (default --steps)")
+    p.add_argument("--out", default=None)
+    return p.parse_args(argv)
+
+
+def run_part(args: argparse.Namespace) -> dict:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    model = base.build_model(args)
+    result = PART_FNS[args.part](args, model, tokenizer)
+    result["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    return result
+
+
+def main(argv=None) -> None:
+    if argv is None and len(sys.argv) >= 3 and sys.argv[1] == "--table":  # merge saved runs, print the table
+        results: dict = {}
+        for path in sys.argv[2:]:
+            results.update({k: v for k, v in json.loads(Path(path).read_text()).items() if k not in results})
+        print(table(analyse(results, results.get("shape", "7b"))))
+        return
+    args = parse(argv)
+    if args.part != "all":
+        print("RESULT " + json.dumps(run_part(args)), flush=True)
+        return
+    argv = list(sys.argv[1:] if argv is None else argv)
+    results = {
+        "command": "python bench/realistic_step.py " + " ".join(argv),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    results["shape"] = args.shape
+    for part in args.parts.split(","):
+        start = time.time()
+        proc = subprocess.run(
+            [sys.executable, __file__, *argv, "--part", part], capture_output=True, text=True
+        )
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            print(f"part {part} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+            results[part] = {"error": proc.stderr[-2000:]}
+        else:
+            results[part] = json.loads(line.removeprefix("RESULT "))
+            results[part]["wall_s"] = time.time() - start
+            print(f"{part}: {json.dumps(results[part])[:1500]}", flush=True)
+        if args.out:  # after every part, so a run cut short keeps what it measured
+            Path(args.out).write_text(json.dumps(results, indent=1))
+    print(table(analyse(results, args.shape)))
+
+
+if __name__ == "__main__":
+    main()

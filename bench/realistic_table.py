@@ -1,0 +1,125 @@
+"""Floors and the table of `bench/realistic_step.py` results (a saved run: `realistic_step.py --table FILE`).
+
+The floor of a step is computed from that step's own token counts and the two ceilings measured in the same run
+(device copy bandwidth, bf16 matmul rate): decode is paced by the longest response at one weight read per token;
+the reference, update (and PPO's old log-prob) passes by their matmul FLOPs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import grpo_step as base  # noqa: E402  (model shapes)
+
+
+def model_sizes(shape: str) -> dict:
+    """Parameter counts of the layers (every token), the LM head (response tokens only) and the embedding."""
+    s = base.SHAPES[shape]
+    D, F, V, n = s["hidden_size"], s["intermediate_size"], s["vocab_size"], s["num_hidden_layers"]
+    kv = D // s["num_attention_heads"] * s["num_key_value_heads"]
+    layer = D * D + 2 * D * kv + (D + 2 * kv) + D * D + 3 * D * F + 2 * D  # q, k, v (+ biases), o, MLP, norms
+    return {"layers": n * layer + D, "head": V * D, "embedding": V * D}
+
+
+def floor_s(step: dict, sizes: dict, ceilings: dict, forwards: int) -> dict:
+    """Decode: longest response x (layer + head bytes in bf16 / copy bandwidth). Passes: `forwards` forward
+    equivalents (2 FLOP per parameter per token; head on response tokens only) at the measured matmul rate."""
+    weight_read = 2 * (sizes["layers"] + sizes["head"]) / ceilings["copy_bytes_per_s"]
+    forward = (2 * sizes["layers"] * step["tokens"] + 2 * sizes["head"] * step["response_tokens"]) / ceilings[
+        "matmul_flops"
+    ]
+    decode = step["longest_response"] * weight_read
+    return {"decode": decode, "passes": forwards * forward, "total": decode + forwards * forward}
+
+
+# forward equivalents per step: reference 1, update 4 (forward, backward 2x, checkpointing recompute); PPO's
+# old log-prob / value pass 1 more
+FORWARDS = {"grpo": 5, "ppo": 6}
+
+
+def analyse(results: dict, shape: str) -> dict:
+    ceilings, sizes = results.get("ceilings"), model_sizes(shape)
+    for name in ("ours", "ours_ppo"):
+        r = results.get(name)
+        if not r or "per_step" not in r or not ceilings:
+            continue
+        floors = [floor_s(s, sizes, ceilings, FORWARDS[r["algo"]]) for s in r["per_step"]]
+        ratios = [t / f["total"] for t, f in zip(r["step_times_s"], floors)]
+        decode_bound = [
+            p["time/generate_s"] / f["decode"] for p, f in zip(r["phase_times"], floors) if f["decode"] > 0
+        ]
+        r["floor_s"] = statistics.median(f["total"] for f in floors)
+        r["over_floor"] = statistics.median(ratios)
+        r["generate_over_decode_floor"] = statistics.median(decode_bound) if decode_bound else float("nan")
+        steps = r["per_step"]
+        r["tokens_per_step"] = statistics.mean(s["tokens"] for s in steps)
+        r["computed_per_step"] = statistics.mean(s["computed_tokens"] for s in steps)
+        r["computed_row_order_per_step"] = statistics.mean(s["computed_tokens_row_order"] for s in steps)
+        r["longest_mean"] = statistics.mean(s["longest_response"] for s in steps)
+    if ceilings and "decode" in results and "ms_per_step" in results["decode"]:
+        bound_ms = 1e3 * 2 * (sizes["layers"] + sizes["head"]) / ceilings["copy_bytes_per_s"]
+        results["decode"]["bound_ms"] = bound_ms
+        results["decode"]["fraction_of_bound"] = bound_ms / results["decode"]["ms_per_step"]
+    ours, trl = results.get("ours", {}), results.get("trl", {})
+    if "completion_tokens_per_s" in ours and "completion_tokens_per_s" in trl:
+        results["speedup"] = ours["completion_tokens_per_s"] / trl["completion_tokens_per_s"]
+    return results
+
+
+def table(results: dict) -> str:
+    head = (
+        "| | step s | floor s | / floor | completion tok/s | mean / longest response | generate s | "
+        "reference s | old log-probs s | update s | tokens computed / real (row-order batches) | peak GiB | "
+        "compiles after warm-up | generate vs decode floor |"
+    )
+    rows = [head, "|" + "---|" * 14]
+    for name, label in (("ours", "endo_rl GRPO"), ("ours_ppo", "endo_rl PPO"), ("trl", "TRL GRPOTrainer")):
+        r = results.get(name)
+        if not r or "step_s" not in r:
+            continue
+
+        def f(key, fmt="{:.2f}", r=r):
+            return fmt.format(r[key]) if r.get(key) is not None else "n/a"
+
+        longest = (
+            f("longest_mean", "{:.0f}")
+            if name != "trl"
+            else "{:.0f}".format(
+                statistics.mean(x for x in r.get("longest_response", [0]) if x is not None)
+                if r.get("longest_response")
+                else 0
+            )
+        )
+        padding = (
+            f"{r['computed_per_step'] / r['tokens_per_step']:.2f} ({r['computed_row_order_per_step'] / r['tokens_per_step']:.2f})"
+            if "tokens_per_step" in r
+            else "n/a"
+        )
+        cells = [
+            f("step_s"),
+            f("floor_s"),
+            f("over_floor", "{:.2f}x"),
+            f("completion_tokens_per_s", "{:.0f}"),
+            f"{r['mean_completion_tokens']:.0f} / {longest}",
+            f("generate_s"),
+            f("reference_s"),
+            f("old_logprobs_s"),
+            f("update_s"),
+            padding,
+            f("peak_gib", "{:.1f}"),
+            f("compiles_after_warmup", "{}"),
+            f("generate_over_decode_floor", "{:.2f}x"),
+        ]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "speedup" in results:
+        rows.append(f"\nthroughput ratio endo_rl GRPO / TRL: **{results['speedup']:.2f}x**")
+    d = results.get("decode", {})
+    if "fraction_of_bound" in d:
+        rows.append(
+            f"decode at batch {d['batch']} ({d['tokens']} tokens): {d['ms_per_step']:.2f} ms/step, bound "
+            f"{d['bound_ms']:.2f} ms: {100 * d['fraction_of_bound']:.0f}% of the weight-read bound"
+        )
+    return "\n".join(rows)
