@@ -174,6 +174,24 @@ def test_lora_trains_the_adapter_and_references_the_base(tiny_model_dir, tmp_pat
             )
 
 
+def test_lora_checkpoint_holds_only_trainable_tensors_and_resumes_exactly(tiny_model_dir, tmp_path):
+    from endo_rl.core.errors import UserError
+
+    lora = ["lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj, v_proj]", "lora.save=adapter"]
+    run(tiny_cfg(tiny_model_dir, tmp_path / "a", *lora, "train.lr=0.05"))
+    run(tiny_cfg(tiny_model_dir, tmp_path / "b", *lora, "train.lr=0.05", "train.max_steps=1"))
+    run(tiny_cfg(tiny_model_dir, tmp_path / "b", *lora, "train.lr=0.05", "resume=true"))
+    a = weights(checkpoint.latest_checkpoint(tmp_path / "a"))
+    b = weights(checkpoint.latest_checkpoint(tmp_path / "b"))
+    assert a.keys() == b.keys() and all("lora_" in k or "value_head" in k for k in a)  # no frozen base
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    first = weights(tmp_path / "a" / "checkpoints" / "step-1")
+    assert any(not torch.equal(first[k], a[k]) for k in a if "lora_B" in k)  # the adapter did train
+    other = [*lora[:2], "lora.target_modules=[q_proj]", lora[3], "resume=true", "train.max_steps=3"]
+    with pytest.raises(UserError, match=r"does not match the model: it lacks 0 .* and has 4 the model lacks"):
+        run(tiny_cfg(tiny_model_dir, tmp_path / "b", *other))
+
+
 def test_reward_system_prompt_rescores_on_its_own_prompt_and_kl_keeps_the_policy_prompt(
     tiny_model_dir, tmp_path
 ):

@@ -34,6 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--limit", type=int, default=None, help="only the first N problems of each benchmark")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--max-prompt-length",
+        type=int,
+        default=None,
+        help="problems with longer prompts are not generated and count as wrong (too_long); "
+        "default: the model's context minus --max-new-tokens",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grading-timeout", type=float, default=5.0, help="seconds per answer (default 5)")
     p.add_argument("--out", required=True, help="report JSON path")
@@ -64,6 +71,7 @@ def _settings(args: argparse.Namespace):
         n_samples=args.n_samples,
         limit=args.limit,
         batch_size=args.batch_size,
+        max_prompt_length=args.max_prompt_length,
         grading_timeout_s=args.grading_timeout,
         seed=args.seed,
         progress=not args.no_progress,
@@ -72,13 +80,13 @@ def _settings(args: argparse.Namespace):
 
 def summary_table(report: dict) -> str:
     lines = [
-        f"{'benchmark':<15} {'acc %':>7} {'±se':>6} {'n':>5} {'trunc':>6} {'no ans':>6} {'t/o':>4} {'parse':>6}"
+        f"{'benchmark':<15} {'acc %':>7} {'±se':>6} {'n':>5} {'trunc':>6} {'no ans':>6} {'t/o':>4} {'parse':>6} {'long':>5}"
     ]
     for name, m in report["benchmarks"].items():
         se = "-" if m["stderr"] is None else f"{100 * m['stderr']:.1f}"
         lines.append(
             f"{name:<15} {100 * m['accuracy']:>7.1f} {se:>6} {m['n']:>5} {m['n_truncated']:>6} "
-            f"{m['n_no_answer']:>6} {m['n_timeout']:>4} {m['n_parse_error']:>6}"
+            f"{m['n_no_answer']:>6} {m['n_timeout']:>4} {m['n_parse_error']:>6} {m.get('n_too_long', 0):>5}"
         )
     avg = report["average"]
     se = "-" if avg["stderr"] is None else f"{100 * avg['stderr']:.1f}"

@@ -1,7 +1,8 @@
 """The predictions JSONL: every completion, appended as soon as it is generated, so a killed eval resumes.
 
 Rows: `{"benchmark", "index", "sample", "completion", "n_tokens", "truncated"}`; `index` is the row number in
-the benchmark file. An eval run writes a first row `{"settings": {...}}` with the decoding settings, and a
+the benchmark file. A problem whose prompt is over the evaluation's prompt limit gets a row with an empty
+completion and `"too_long": true` (never generated, graded wrong with status `too_long`). An eval run writes a first row `{"settings": {...}}` with the decoding settings, and a
 resumed run refuses a file made with different ones. Hand-written files for `--predictions` need only
 `benchmark`, `index` and `completion`.
 
@@ -27,22 +28,24 @@ class Prediction:
     completion: str
     n_tokens: int | None = None
     truncated: bool | None = None
+    too_long: bool = False
+    """The prompt was over the prompt limit: nothing was generated; graded wrong (status too_long)."""
 
     def key(self) -> tuple[str, int, int]:
         return self.benchmark, self.index, self.sample
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "benchmark": self.benchmark,
-                "index": self.index,
-                "sample": self.sample,
-                "completion": self.completion,
-                "n_tokens": self.n_tokens,
-                "truncated": self.truncated,
-            },
-            ensure_ascii=False,
-        )
+        row = {
+            "benchmark": self.benchmark,
+            "index": self.index,
+            "sample": self.sample,
+            "completion": self.completion,
+            "n_tokens": self.n_tokens,
+            "truncated": self.truncated,
+        }
+        if self.too_long:
+            row["too_long"] = True
+        return json.dumps(row, ensure_ascii=False)
 
 
 def _parse_row(row: dict, where: str, samples_seen: dict[tuple[str, int], int]) -> Prediction:
@@ -59,7 +62,8 @@ def _parse_row(row: dict, where: str, samples_seen: dict[tuple[str, int], int]) 
     if sample is None:  # hand-written files: repeated rows of one problem are its samples, in file order
         sample = samples_seen.get(key, 0)
     samples_seen[key] = max(samples_seen.get(key, 0), sample + 1)
-    return Prediction(key[0], index, sample, completion, row.get("n_tokens"), row.get("truncated"))
+    too_long = row.get("too_long", False) is True
+    return Prediction(key[0], index, sample, completion, row.get("n_tokens"), row.get("truncated"), too_long)
 
 
 def read_predictions(

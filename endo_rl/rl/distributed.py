@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from endo_rl.core.config import LoraConfig
+from endo_rl.core.errors import UserError
 
 
 def make_accelerator(grad_accum_steps: int, micro_batch_size: int, max_grad_norm: float) -> Accelerator:
@@ -140,13 +141,68 @@ def full_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[st
     return accelerator.get_state_dict(model)
 
 
+def trainable_names(model: torch.nn.Module) -> set[str] | None:
+    """Names of the trainable tensors when some parameters are frozen (LoRA), else None (all of them)."""
+    params = list(model.named_parameters())
+    if all(p.requires_grad for _, p in params):
+        return None
+    return {name for name, p in params if p.requires_grad}
+
+
+def _drop_frozen(models: list[torch.nn.Module], weights: list[dict], _output_dir: str) -> None:
+    """accelerate save pre-hook: keep only trainable tensors (a LoRA checkpoint without the frozen base)."""
+    for model, state in zip(models, weights, strict=True):
+        keep = trainable_names(model)
+        if keep is not None:
+            for key in [k for k in state if k not in keep]:
+                del state[key]
+
+
 def save_state(accelerator: Accelerator, directory: Path) -> None:
-    """Model, optimizer, scheduler and every rank's RNG states (collective; DeepSpeed writes its shards)."""
-    accelerator.save_state(str(directory), safe_serialization=True)
+    """Model, optimizer, scheduler and every rank's RNG states (collective; DeepSpeed writes its shards).
+
+    With frozen parameters (LoRA) only the trainable tensors are written: the frozen base is `model.path`
+    itself, so a 7B LoRA checkpoint is the adapter (+ value head), ~0.5 GB with its optimizer, not 15 GB.
+    """
+    if is_deepspeed(accelerator):
+        accelerator.save_state(str(directory), safe_serialization=True)
+        return
+    handle = accelerator.register_save_state_pre_hook(_drop_frozen)
+    try:
+        accelerator.save_state(str(directory), safe_serialization=True)
+    finally:
+        handle.remove()
+
+
+def _check_saved_keys(models: list[torch.nn.Module], input_dir: str) -> None:
+    """accelerate load pre-hook: the file holds the whole model or exactly its trainable tensors."""
+    from safetensors import safe_open
+
+    for i, model in enumerate(models):
+        path = Path(input_dir) / (f"model_{i}.safetensors" if i else "model.safetensors")
+        if not path.is_file():
+            continue
+        with safe_open(str(path), framework="pt") as f:
+            saved = set(f.keys())
+        whole = set(model.state_dict())
+        if saved != whole and saved != trainable_names(model):
+            missing, unknown = sorted((trainable_names(model) or whole) - saved), sorted(saved - whole)
+            raise UserError(
+                f"checkpoint {path} does not match the model: it lacks {len(missing)} of the model's trainable "
+                f"tensors {missing[:1]} and has {len(unknown)} the model lacks {unknown[:1]}; resume with the "
+                "same model.path and lora.* settings"
+            )
 
 
 def load_state(accelerator: Accelerator, directory: Path) -> None:
-    accelerator.load_state(str(directory))
+    if is_deepspeed(accelerator):
+        accelerator.load_state(str(directory))
+        return
+    handle = accelerator.register_load_state_pre_hook(_check_saved_keys)
+    try:  # strict=False lets a trainable-only checkpoint load; _check_saved_keys keeps it strict
+        accelerator.load_state(str(directory), strict=False)
+    finally:
+        handle.remove()
 
 
 def merge_lora(

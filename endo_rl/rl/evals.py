@@ -34,6 +34,7 @@ class TrainEval:
             n_samples=e.n_samples,
             limit=e.limit,
             batch_size=self.cfg.generation.batch_size,
+            max_prompt_length=self.cfg.data.max_prompt_length,
             seed=self.cfg.seed,
         )
 
