@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print(scoring.format_table(tokens, scored.token_rewards, scored.logprobs))
+        print(scoring.token_table(tokens, scored.token_rewards, scored.logprobs))
         print(
             f"\nreward (sum of token rewards): {scored.reward:.4f}   alpha={args.alpha}   tokens={len(tokens)}"
         )

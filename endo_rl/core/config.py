@@ -100,15 +100,23 @@ class DataConfig:
 
 
 @dataclass
-class GenerationConfig:
+class SamplingConfig:
+    """How responses are decoded: the one sampling settings type of rollouts, the evaluator and the CLI."""
+
     max_new_tokens: int = 1024
     """Response length limit; longer responses are truncated and counted."""
     temperature: float = 1.0
-    """Sampling temperature for rollouts (rewards and log-probs always use the raw logits)."""
+    """Sampling temperature (0: greedy). Rewards and log-probs always use the raw logits."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
     top_k: int = 0
     """Top-k sampling (0: off)."""
+
+
+@dataclass
+class GenerationConfig(SamplingConfig):
+    """Rollout decoding: the sampling settings (keys `generation.max_new_tokens`, ...) plus how to run it."""
+
     batch_size: int = 64
     """Sequences per `generate` call during rollouts."""
     backend: Literal["auto", "hf", "static"] = "auto"
@@ -117,39 +125,63 @@ class GenerationConfig:
 
 
 @dataclass
+class PPOConfig:
+    gamma: float = 1.0
+    """Discount."""
+    lam: float = 0.95
+    """GAE lambda."""
+    value_clip: float = 0.2
+    """Value prediction clip range."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    whiten_advantages: bool = True
+    """Normalize advantages to mean 0, std 1 over the whole step (all ranks)."""
+
+
+@dataclass
+class GRPOConfig:
+    scale_rewards: bool = True
+    """Divide group-centred rewards by the group's std (false: Dr. GRPO)."""
+
+
+@dataclass
 class AlgoConfig:
     name: Literal["ppo", "grpo"] = "grpo"
-    """PPO with a value head and GAE, or GRPO with group-normalized rewards."""
+    """PPO with a value head and GAE (settings in algo.ppo), or GRPO with group-normalized rewards (algo.grpo)."""
     kl_coef: float = 0.01
     """KL penalty coefficient against the frozen reference."""
     kl_mode: Literal["reward", "loss"] = "reward"
     """KL as a per-token reward penalty, or as a loss term."""
-    gamma: float = 1.0
-    """Discount (PPO)."""
-    lam: float = 0.95
-    """GAE lambda (PPO)."""
     clip_eps: float = 0.2
     """Policy ratio clip range."""
-    value_clip: float = 0.2
-    """Value prediction clip range (PPO)."""
-    vf_coef: float = 0.5
-    """Value loss weight (PPO)."""
     group_size: int = 8
     """Responses sampled per prompt."""
     loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
     """Average the loss over all tokens, or per sequence then over sequences."""
-    scale_rewards: bool = True
-    """GRPO: divide group-centred rewards by the group's std (false: Dr. GRPO)."""
-    whiten_advantages: bool = True
-    """PPO: normalize advantages to mean 0, std 1 over the whole step (all ranks)."""
     ppo_epochs: int = 1
-    """Passes over each rollout batch; each pass is one optimizer step."""
+    """Passes over each rollout batch; each pass is one optimizer step (PPO and GRPO)."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """Used only when name=ppo."""
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    """Used only when name=grpo."""
 
     def __post_init__(self):
         if self.name == "grpo" and self.group_size < 2:
             raise UserError(f"config key 'algo.group_size' must be >= 2 for GRPO, got {self.group_size}")
         if self.group_size < 1 or self.ppo_epochs < 1:
             raise UserError("config keys 'algo.group_size' and 'algo.ppo_epochs' must be >= 1")
+
+    @property
+    def kl_in_reward(self) -> float:
+        """The coefficient of the KL penalty inside the reward: kl_coef with kl_mode=reward, else 0."""
+        return self.kl_coef if self.kl_mode == "reward" else 0.0
+
+
+MOVED_KEYS = {
+    **{f"algo.{k}": f"algo.ppo.{k}" for k in ("gamma", "lam", "value_clip", "vf_coef", "whiten_advantages")},
+    "algo.scale_rewards": "algo.grpo.scale_rewards",
+}
+"""Keys that moved (old -> new): using an old key is an error naming the new one."""
 
 
 @dataclass
@@ -186,23 +218,36 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    before: bool = False
-    """Evaluate the initial policy before training."""
-    after: bool = False
-    """Evaluate the final policy after training (and compare with `before`)."""
+class BenchmarkConfig(SamplingConfig):
+    """What the math evaluator runs: which benchmarks, how many problems and samples, and the decoding
+    (the sampling settings, greedy by default). `endo_rl.evaluation.evaluator.EvalSettings` extends it."""
+
+    temperature: float = 0.0
+    """0: greedy."""
     benchmarks: list[str] = field(default_factory=lambda: ["math500"])
     """Benchmark names."""
     data_dir: str | None = None
     """Local benchmark directory (layout of shared/benchmarks); None: Hub ids."""
     limit: int | None = None
     """Problems per benchmark (None: all)."""
-    max_new_tokens: int = 1024
-    """Evaluation response length."""
-    temperature: float = 0.0
-    """0: greedy."""
     n_samples: int = 1
-    """Samples per problem for avg@k."""
+    """Samples per problem for avg@k (above 1 needs temperature > 0)."""
+
+
+@dataclass
+class EvalConfig(BenchmarkConfig):
+    """Evaluation during training; the benchmark and decoding keys are those of `BenchmarkConfig`."""
+
+    before: bool = False
+    """Evaluate the initial policy before training."""
+    after: bool = False
+    """Evaluate the final policy after training (and compare with `before`)."""
+    every: int = 0
+    """Also evaluate at step 0, every N steps and at the last step, logged with that step (0: off)."""
+
+    def __post_init__(self):
+        if self.every < 0:
+            raise UserError(f"config key 'eval.every' must be >= 0, got {self.every}")
 
 
 @dataclass
@@ -265,6 +310,6 @@ def load(
 
     `world_size` (default: from the environment) is used to check the batch-size arithmetic.
     """
-    cfg = config_loader.load(ExperimentConfig, path, overrides)
+    cfg = config_loader.load(ExperimentConfig, path, overrides, MOVED_KEYS)
     check_batch_sizes(cfg, world_size_from_env() if world_size is None else world_size)
     return cfg

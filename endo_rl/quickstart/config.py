@@ -13,9 +13,11 @@ from typing import Literal
 
 from endo_rl.core import config_loader
 from endo_rl.core.config import (
+    MOVED_KEYS,
     AlgoConfig,
     DataConfig,
     EndogenousRewardConfig,
+    EvalConfig,
     ExperimentConfig,
     GenerationConfig,
     LoggingConfig,
@@ -24,7 +26,7 @@ from endo_rl.core.config import (
     TrainConfig,
     check_batch_sizes,
 )
-from endo_rl.quickstart.evaluate import EvalSettings
+from endo_rl.quickstart.evaluate import HorizonEvalSettings
 from endo_rl.quickstart.pretrain import PretrainConfig
 
 
@@ -45,13 +47,12 @@ class TaskConfig:
 
 
 @dataclass
-class QuickstartEvalConfig(EvalSettings):
+class QuickstartEvalConfig(HorizonEvalSettings):
     split: Literal["test", "validation"] = "test"
     """Sets scored before/after: `test` for results; `validation` only for choosing settings."""
-    curve_every: int = 20
-    """Every N RL steps, score `curve_problems` validation problems per horizon and log them (0: off)."""
     curve_problems: int = 50
-    """Problems per horizon for the learning curves (greedy + `samples` samples each)."""
+    """Problems per horizon for the learning curves (greedy + `samples` samples each), scored at step 0,
+    every `rl.eval.every` RL steps and at the last step (`rl.eval.every=0`: no curves)."""
 
 
 def default_rl() -> ExperimentConfig:
@@ -63,6 +64,7 @@ def default_rl() -> ExperimentConfig:
         generation=GenerationConfig(max_new_tokens=64, temperature=1.0, batch_size=128),
         algo=AlgoConfig(name="grpo", kl_coef=0.01, group_size=8),
         train=TrainConfig(max_steps=240, prompts_per_step=16, micro_batch_size=64, lr=5e-5),
+        eval=EvalConfig(every=20),
         logging=LoggingConfig(wandb=True, project="endo_rl-quickstart"),
     )
 
@@ -97,11 +99,17 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Quickstar
     Both are laid over the quickstart defaults (`default_rl()` included), not over the bare `ExperimentConfig`
     defaults, so a recipe need only name what it changes. Unknown keys fail in `from_dict`, naming the key.
     """
+    moved = {f"rl.{old}": f"rl.{new}" for old, new in MOVED_KEYS.items()} | {
+        "eval.curve_every": "rl.eval.every"
+    }
     tree = config_loader.to_dict(QuickstartConfig())
     if path is not None:
-        tree = _merge(tree, config_loader.read_yaml(path))
+        recipe = config_loader.read_yaml(path)
+        config_loader.check_moved_tree(recipe, moved, f"in {path}")
+        tree = _merge(tree, recipe)
     for text in overrides:
         keys, value = config_loader.parse_override(text)
+        config_loader.check_moved_override(keys, moved, "on the command line")
         patch: dict = {keys[-1]: value}
         for key in reversed(keys[:-1]):
             patch = {key: patch}
