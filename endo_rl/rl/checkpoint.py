@@ -8,8 +8,9 @@ A checkpoint is written to `checkpoints/.tmp-step-N/` and renamed to `step-N/` o
 finished writing and `trainer_state.json` (the data position and counters) is in place; a rename within one
 directory is atomic, so a run killed mid-save leaves a stray temp dir, never a half checkpoint that resume
 would pick. Only the newest `train.keep_last` checkpoints are kept; older ones are renamed to `.old-step-N/`
-before they are deleted. A write error (disk full) removes the temp dir and raises a UserError naming the
-checkpoint; the previous checkpoints are untouched.
+before they are deleted. A write error (disk full) on any rank removes the temp dir and stops every rank with
+one UserError naming the checkpoint, the rank and the error (printed once, by the main process); the previous
+checkpoints are untouched.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from endo_rl.core.errors import UserError
+from endo_rl.core.errors import ReportedByMainProcess, UserError
 from endo_rl.rl import distributed
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -72,17 +73,27 @@ def save(accelerator: Accelerator, output_dir: str | Path, step: int, state: dic
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    try:
-        distributed.save_state(accelerator, tmp)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+    # Every rank writes its own files; a write error on any one (its disk full, its directory read-only) is
+    # gathered to all ranks, so every rank stops together (none waits forever at the next collective) and no
+    # rank renames a checkpoint that misses another rank's files.
+    errors = distributed.all_errors(accelerator, _try_write(lambda: distributed.save_state(accelerator, tmp)))
+    if not errors:
+
+        def write_state() -> None:
             (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
-    except OSError as err:  # disk full, quota, I/O error: the previous checkpoints are untouched
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(
-            f"cannot write checkpoint {final}: {err.strerror or err}; the previous checkpoint "
+
+        errors = distributed.all_errors(
+            accelerator, _try_write(write_state) if accelerator.is_main_process else None
+        )
+    if errors:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        message = (
+            f"cannot write checkpoint {final}: {'; '.join(errors)}; the previous checkpoint "
             f"{latest_checkpoint(output_dir) or '(none)'} is intact and resume=true continues from it"
-        ) from err
+        )
+        raise UserError(message) if accelerator.is_main_process else ReportedByMainProcess(message)
     if accelerator.is_main_process:
         if final.exists():  # re-saving a step (e.g. the end of a resumed run that had nothing left to do)
             shutil.rmtree(final)
@@ -97,6 +108,15 @@ def save(accelerator: Accelerator, output_dir: str | Path, step: int, state: dic
             shutil.rmtree(trash)
     accelerator.wait_for_everyone()
     return final
+
+
+def _try_write(write) -> str | None:
+    """None when `write()` succeeds, else what went wrong (disk full, quota, I/O error, read-only)."""
+    try:
+        write()
+    except OSError as err:
+        return str(err.strerror or err)
+    return None
 
 
 def load(accelerator: Accelerator, path: Path) -> dict:

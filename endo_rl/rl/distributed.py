@@ -132,6 +132,17 @@ def any_rank(accelerator: Accelerator, flag: bool) -> bool:
     return bool(sum_over_ranks(accelerator, torch.tensor([float(flag)])).item() > 0)
 
 
+def all_errors(accelerator: Accelerator, error: str | None) -> list[str]:
+    """Every rank's error message (None: no error), gathered to all ranks, each prefixed with its rank when
+    several processes run (collective: call on every rank)."""
+    if accelerator.num_processes == 1:
+        return [error] if error else []
+    from accelerate.utils import gather_object
+
+    tagged = None if error is None else f"rank {accelerator.process_index}: {error}"
+    return [e for e in gather_object([tagged]) if e]
+
+
 def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
     return accelerator.unwrap_model(model)
 
