@@ -27,7 +27,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--data-dir", default=d.data_dir, help="directory with <benchmark>/test.jsonl (default: Hub datasets)"
     )
     p.add_argument("--template", default=d.template, help=f"one of {', '.join(TEMPLATES)}")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"default {d.max_new_tokens}")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None, help="default 1024; 2048 with --extract harness"
+    )
+    p.add_argument(
+        "--extract",
+        default=d.extract,
+        choices=["boxed", "harness"],
+        help="last \\boxed{} (default, as the training reward) or the Qwen2.5-Math harness's fallback chain",
+    )
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=d.top_p, help=f"default {d.top_p}")
     p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off (default)")
@@ -79,6 +87,7 @@ def _settings(args: argparse.Namespace):
         data_dir=args.data_dir,
         template=args.template,
         max_new_tokens=args.max_new_tokens,
+        extract=args.extract,
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
@@ -106,6 +115,7 @@ def summary_table(report: dict) -> str:
     avg = report["average"]
     se = "-" if avg["stderr"] is None else f"{100 * avg['stderr']:.1f}"
     lines.append(f"{'average':<15} {100 * avg['accuracy']:>7.1f} {se:>6}")
+    lines.append(f"answer extraction: {report['settings'].get('extract', 'boxed')}")
     return "\n".join(lines)
 
 
@@ -118,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model is not None:
             raise UserError("--predictions re-grades saved completions: do not pass --model with it")
         report = evaluator.regrade(
-            args.predictions, args.data_dir, args.grading_timeout, not args.no_progress
+            args.predictions, args.data_dir, args.grading_timeout, not args.no_progress, args.extract
         )
     else:
         if args.model is None:

@@ -224,6 +224,12 @@ class BenchmarkConfig(SamplingConfig):
 
     temperature: float = 0.0
     """0: greedy."""
+    max_new_tokens: int | None = None
+    """Response length limit; None: 1024 with extract "boxed", 2048 (the Qwen2.5-Math harness's default) with
+    extract "harness"."""
+    extract: Literal["boxed", "harness"] = "boxed"
+    """How the final answer is found: "boxed" (last `\\boxed{}`, as the training reward) or "harness" (the
+    Qwen2.5-Math harness's fallback chain and question handling, to compare with published baselines)."""
     benchmarks: list[str] = field(default_factory=lambda: ["math500"])
     """Benchmark names."""
     data_dir: str | None = None
@@ -248,6 +254,10 @@ class EvalConfig(BenchmarkConfig):
     def __post_init__(self):
         if self.every < 0:
             raise UserError(f"config key 'eval.every' must be >= 0, got {self.every}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise UserError(
+                f"config key 'eval.max_new_tokens' must be >= 1 or null, got {self.max_new_tokens}"
+            )
 
 
 @dataclass

@@ -35,7 +35,14 @@ from endo_rl.core import templates
 from endo_rl.core.config import BenchmarkConfig
 from endo_rl.core.errors import UserError
 from endo_rl.evaluation import metrics as eval_metrics
-from endo_rl.evaluation.benchmarks import PAPER_BENCHMARKS, Problem, check_name, load_benchmark
+from endo_rl.evaluation.benchmarks import (
+    PAPER_BENCHMARKS,
+    ROUNDED_GOLDS,
+    Problem,
+    check_name,
+    load_benchmark,
+)
+from endo_rl.evaluation.extraction import HARNESS_MAX_NEW_TOKENS, check_mode
 from endo_rl.evaluation.grading import Grade, Grader
 from endo_rl.evaluation.predictions import (
     Prediction,
@@ -75,7 +82,15 @@ class EvalSettings(BenchmarkConfig):
         shared = {f.name: copy.copy(getattr(benchmark, f.name)) for f in dataclasses.fields(BenchmarkConfig)}
         return cls(**shared, **run)
 
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        if self.max_new_tokens is None:
+            self.max_new_tokens = HARNESS_MAX_NEW_TOKENS if self.extract == "harness" else 1024
+
     def validate(self) -> None:
+        check_mode(self.extract)
         for name in self.benchmarks:
             check_name(name)
         templates.check_template(self.template)
@@ -104,6 +119,7 @@ class EvalSettings(BenchmarkConfig):
             "top_p": self.top_p,
             "top_k": self.top_k,
             "n_samples": self.n_samples,
+            "extract": self.extract,
         }
 
 
@@ -144,13 +160,16 @@ def run_eval(
     if predictions_path.exists():
         saved, rows = read_predictions(predictions_path, tolerate_torn_tail=True)
         if saved is not None:  # files from before top_k was a setting decoded with top_k=0
-            saved = {"top_k": 0, **saved}
+            saved = {"top_k": 0, "extract": "boxed", **saved}  # (and boxed-only before extract existed)
         check_resume_settings(predictions_path, saved, decoding)
     done = {p.key(): p for _, p in rows}
     n_resumed = 0
     torch.manual_seed(settings.seed)
     per_bench, results = {}, []
-    with PredictionWriter(predictions_path, decoding) as writer, Grader(settings.grading_timeout_s) as grader:
+    with (
+        PredictionWriter(predictions_path, decoding) as writer,
+        Grader(settings.grading_timeout_s, extract=settings.extract) as grader,
+    ):
         for name in settings.benchmarks:
             start = time.perf_counter()
             problems = load_benchmark(name, settings.data_dir)
@@ -188,7 +207,10 @@ def _generate_missing(
     """Generate every (problem, sample) of benchmark `name` not in `done`, a micro-batch at a time, appending
     each micro-batch to the predictions file as it finishes. Work is sorted by prompt length, so a resumed
     run rebuilds the same micro-batches after the last saved one. Prompts over `limit` get a `too_long` row."""
-    prompts = {p.index: templates.prompt_ids(settings.template, tokenizer, p.question) for p in problems}
+    prompts = {
+        p.index: templates.prompt_ids(settings.template, tokenizer, _question(p, settings.extract))
+        for p in problems
+    }
     work = sorted(
         ((p.index, s) for p in problems for s in range(settings.n_samples)),
         key=lambda w: (len(prompts[w[0]]), w),
@@ -227,14 +249,31 @@ def _generate_missing(
     bar.close()
 
 
+def _question(problem: Problem, extract: str) -> str:
+    """The question as the prompt shows it. The Qwen2.5-Math harness strips surrounding whitespace and asks
+    yes/no and true/false questions with a hint; "boxed" keeps the benchmark's text unchanged."""
+    if extract != "harness":
+        return problem.question
+    question = problem.question.strip()
+    gold = problem.gold.strip().lower()
+    hint = {
+        "true": " (True or False)",
+        "false": " (True or False)",
+        "yes": " (Yes or No)",
+        "no": " (Yes or No)",
+    }
+    return question + hint.get(gold, "")
+
+
 def _grade_all(
     grader: Grader, problems: Sequence[Problem], preds: Sequence[Prediction], progress: bool, name: str
 ) -> list[Grade]:
     gold = {p.index: p.gold for p in problems}
+    rounded = name in ROUNDED_GOLDS
     return [
         Grade(False, "too_long", "prompt over the limit: not generated")
         if p.too_long
-        else grader.grade(gold[p.index], p.completion)
+        else grader.grade(gold[p.index], p.completion, rounded)
         for p in tqdm(preds, desc=f"grading {name}", unit="ans", disable=not progress)
     ]
 
@@ -304,8 +343,11 @@ def regrade(
     data_dir: str | Path | None,
     grading_timeout_s: float = 5.0,
     progress: bool = False,
+    extract: str = "boxed",
 ) -> dict:
-    """Grade saved completions without a model. Results keep the file's row order."""
+    """Grade saved completions without a model, finding answers as `extract` says. Results keep the file's
+    row order."""
+    check_mode(extract)
     path = Path(predictions_path)
     saved, rows = read_predictions(path)
     if not rows:
@@ -322,7 +364,7 @@ def regrade(
                 f"index {p.index} is out of range"
             )
     per_bench, grades = {}, {}
-    with Grader(grading_timeout_s) as grader:
+    with Grader(grading_timeout_s, extract=extract) as grader:
         for name in names:
             start = time.perf_counter()
             mine = [(lineno, p) for lineno, p in rows if p.benchmark == name]
@@ -337,6 +379,7 @@ def regrade(
         "benchmarks": names,
         "data_dir": None if data_dir is None else str(data_dir),
         "grading_timeout_s": grading_timeout_s,
+        "extract": extract,
         "regraded_from": str(path),
     }
     return build_report(settings, per_bench, results, str(path), 0)

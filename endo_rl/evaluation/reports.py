@@ -12,7 +12,7 @@ from pathlib import Path
 
 from endo_rl.core.errors import UserError
 
-_MUST_MATCH = ("template", "max_new_tokens", "temperature", "top_p", "n_samples", "limit")
+_MUST_MATCH = ("template", "max_new_tokens", "temperature", "top_p", "n_samples", "limit", "extract")
 
 
 def load_report(path: str | Path) -> dict:
@@ -54,6 +54,8 @@ def comparison_table(before: dict, after: dict) -> str:
         }
         lines.append(_row("average", avg(before), avg(after)))
     sb, sa = before.get("settings", {}), after.get("settings", {})
+    sb, sa = {"extract": "boxed", **sb}, {"extract": "boxed", **sa}  # reports from before --extract existed
+    lines.append(f"answer extraction: before {sb['extract']}, after {sa['extract']}")
     lines += [
         f"warning: {k} differs: before {sb.get(k)!r}, after {sa.get(k)!r}"
         for k in _MUST_MATCH

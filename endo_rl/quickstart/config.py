@@ -84,36 +84,15 @@ class QuickstartConfig:
     rl: ExperimentConfig = field(default_factory=default_rl)
 
 
-def _merge(base: dict, update: dict) -> dict:
-    """`update` laid over `base`, section by section (a value that is not a mapping replaces the old one)."""
-    out = dict(base)
-    for key, value in update.items():
-        both_sections = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merge(out[key], value) if both_sections else value
-    return out
-
-
 def load(path: str | Path | None = None, overrides: list[str] = ()) -> QuickstartConfig:
     """A quickstart recipe (optional) plus `key.sub=value` overrides -> a validated QuickstartConfig.
 
     Both are laid over the quickstart defaults (`default_rl()` included), not over the bare `ExperimentConfig`
-    defaults, so a recipe need only name what it changes. Unknown keys fail in `from_dict`, naming the key.
+    defaults, so a recipe need only name what it changes. Unknown keys are errors naming the key.
     """
     moved = {f"rl.{old}": f"rl.{new}" for old, new in MOVED_KEYS.items()} | {
         "eval.curve_every": "rl.eval.every"
     }
-    tree = config_loader.to_dict(QuickstartConfig())
-    if path is not None:
-        recipe = config_loader.read_yaml(path)
-        config_loader.check_moved_tree(recipe, moved, f"in {path}")
-        tree = _merge(tree, recipe)
-    for text in overrides:
-        keys, value = config_loader.parse_override(text)
-        config_loader.check_moved_override(keys, moved, "on the command line")
-        patch: dict = {keys[-1]: value}
-        for key in reversed(keys[:-1]):
-            patch = {key: patch}
-        tree = _merge(tree, patch)
-    cfg = config_loader.from_dict(QuickstartConfig, tree)
+    cfg = config_loader.load(QuickstartConfig, path, overrides, moved, defaults=QuickstartConfig())
     check_batch_sizes(cfg.rl, 1)
     return cfg

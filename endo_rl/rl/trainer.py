@@ -142,7 +142,8 @@ class Trainer:
     # ----- the loop ---------------------------------------------------------------------------------------
 
     def fit(self) -> Path:
-        """Train to train.max_steps (evaluating before/after when configured); returns OUTPUT_DIR/final."""
+        """Train to train.max_steps (evaluating before, every eval.every steps and after, as configured);
+        returns OUTPUT_DIR/final."""
         cfg, acc = self.cfg, self.accelerator
         if cfg.eval.before and self.step == 0:
             self._log(0, self.evals.run("before", self.model, acc))
