@@ -57,13 +57,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--grading-timeout", type=float, default=d.grading_timeout_s, help="seconds per answer (default 5)"
     )
-    p.add_argument(
-        "--max-prompt-length",
-        type=int,
-        default=None,
-        help="problems with longer prompts are not generated and count as wrong (too_long); "
-        "default: the model's context minus --max-new-tokens",
+    too_long = (
+        "longer prompts are not generated and count wrong (too_long); default: context - max new tokens"
     )
+    p.add_argument("--max-prompt-length", type=int, default=None, help=too_long)
+    _add_run_arguments(p)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Output and prediction files, and where the model runs."""
     p.add_argument("--out", required=True, help="report JSON path")
     p.add_argument(
         "--save-predictions",
