@@ -107,8 +107,20 @@ def load_causal_lm(
     except (OSError, ValueError) as err:
         where = "local" if local else "Hub"
         raise UserError(f"cannot load a causal LM from {where} source {path}: {_first_line(err)}") from err
+    if gguf is not None:
+        _forget_gguf_quantizer(model)
     apply_plugin(model)
     return model.to(device)
+
+
+def _forget_gguf_quantizer(model: torch.nn.Module) -> None:
+    """GGUF weights are dequantized into plain tensors at load time, but transformers keeps a GGUF "quantizer"
+    on the model that makes `save_pretrained` refuse it (the final export of a trained GGUF model failed that
+    way); dropping it leaves an ordinary model that saves and reloads like any other."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def apply_plugin(model: torch.nn.Module) -> None:
