@@ -192,6 +192,23 @@ def test_lora_checkpoint_holds_only_trainable_tensors_and_resumes_exactly(tiny_m
         run(tiny_cfg(tiny_model_dir, tmp_path / "b", *other))
 
 
+def test_resume_with_tied_embeddings(tmp_path, qwen_tokenizer):
+    """safetensors keeps one name of a tied LM head / embedding pair; resuming must accept that (SmolLM2)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    tied = Qwen2ForCausalLM(Qwen2Config(vocab_size=151936, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                        tie_word_embeddings=True))  # fmt: skip
+    tied.save_pretrained(tmp_path / "model")
+    qwen_tokenizer.save_pretrained(tmp_path / "model")
+    run(tiny_cfg(tmp_path / "model", tmp_path / "run", "train.max_steps=1"))
+    resumed = run(tiny_cfg(tmp_path / "model", tmp_path / "run", "resume=true"))
+    assert (resumed / "config.json").is_file() and checkpoint.latest_checkpoint(
+        tmp_path / "run"
+    ).name == "step-2"
+
+
 def test_reward_system_prompt_rescores_on_its_own_prompt_and_kl_keeps_the_policy_prompt(
     tiny_model_dir, tmp_path
 ):

@@ -186,7 +186,9 @@ def save_state(accelerator: Accelerator, directory: Path) -> None:
 
 
 def _check_saved_keys(models: list[torch.nn.Module], input_dir: str) -> None:
-    """accelerate load pre-hook: the file holds the whole model or exactly its trainable tensors."""
+    """accelerate load pre-hook: the file holds the model's trainable tensors (all of them, or only those of a
+    LoRA adapter), nothing the model lacks. A tied weight saved once (safetensors keeps one name of a shared
+    tensor, e.g. the LM head tied to the embeddings) counts as present."""
     from safetensors import safe_open
 
     for i, model in enumerate(models):
@@ -195,9 +197,14 @@ def _check_saved_keys(models: list[torch.nn.Module], input_dir: str) -> None:
             continue
         with safe_open(str(path), framework="pt") as f:
             saved = set(f.keys())
-        whole = set(model.state_dict())
-        if saved != whole and saved != trainable_names(model):
-            missing, unknown = sorted((trainable_names(model) or whole) - saved), sorted(saved - whole)
+        state = model.state_dict()
+        expected = trainable_names(model) or set(state)
+        saved_storage = {state[k].untyped_storage().data_ptr() for k in saved & set(state)}
+        missing = sorted(
+            k for k in expected - saved if state[k].untyped_storage().data_ptr() not in saved_storage
+        )
+        unknown = sorted(saved - set(state))
+        if missing or unknown:
             raise UserError(
                 f"checkpoint {path} does not match the model: it lacks {len(missing)} of the model's trainable "
                 f"tensors {missing[:1]} and has {len(unknown)} the model lacks {unknown[:1]}; resume with the "
