@@ -11,6 +11,15 @@ from pathlib import Path
 
 from endo_rl.core.errors import UserError
 
+EPILOG = """examples:
+  endo-rl eval --model DIR --benchmarks math500,gsm8k --data-dir ../shared/benchmarks --limit 50 --out r.json
+  endo-rl eval --predictions r.predictions.jsonl --data-dir ../shared/benchmarks --out regraded.json
+  endo-rl compare before.json after.json
+
+Offline (HF_HUB_OFFLINE=1 or no network) pass --data-dir DIR with DIR/<benchmark>/test.jsonl. Completions are
+appended to <out>.predictions.jsonl as they are generated; rerunning the same command resumes from them.
+The report counts no-answer, parse-error and timeout gradings separately (never silently as zeros)."""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `EvalSettings`, with its defaults (not restated here), plus model and file paths."""
@@ -19,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from endo_rl.evaluation.evaluator import EvalSettings
 
     d = EvalSettings()
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = EPILOG
     p.add_argument("--model", default=None, help="model directory, .gguf file, or Hub id")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (a directory)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
@@ -163,7 +174,7 @@ def _generate_and_grade(args: argparse.Namespace, settings, out: Path) -> dict:
     from endo_rl.core import models
     from endo_rl.evaluation import evaluator
 
-    device = args.device or models.default_device()
+    device = models.check_device(args.device or models.default_device(), "--device")
     tokenizer = models.load_tokenizer(
         args.tokenizer or args.model, None if args.tokenizer else args.gguf_file
     )

@@ -5,6 +5,7 @@ Load with `endo_rl.core.config.load(path, overrides)`; unknown keys and wrong ty
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,6 +309,60 @@ def check_batch_sizes(cfg: ExperimentConfig, world_size: int) -> None:
         )
 
 
+def _finite(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
+    def ok(x: float) -> bool:
+        return math.isfinite(x) and (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
+
+    return ok
+
+
+# key -> (what is expected, test); None values (optional keys) are not checked. The __post_init__ checks
+# above run first; these cover the values that used to crash later or train on nonsense silently. NaN/Inf
+# reward weights and vf_coef are stopped at step 1 by the trainer's non-finite guard (naming rewards/loss).
+VALUE_RULES = {
+    "reward.endogenous.alpha": ("a finite number > 0", _finite(0, lo_open=True)),
+    "lora.r": ("an integer >= 1", _finite(1)),
+    "lora.alpha": ("an integer >= 1", _finite(1)),
+    "lora.dropout": ("a number in [0, 1)", _finite(0, 1, hi_open=True)),
+    "data.max_prompt_length": ("an integer >= 1", _finite(1)),
+    "generation.max_new_tokens": ("an integer >= 1", _finite(1)),
+    "generation.temperature": ("a finite number >= 0 (0: greedy)", _finite(0)),
+    "generation.top_p": ("a number in (0, 1]", _finite(0, 1, lo_open=True)),
+    "generation.top_k": ("an integer >= 0 (0: off)", _finite(0)),
+    "generation.batch_size": ("an integer >= 1", _finite(1)),
+    "algo.kl_coef": ("a finite number >= 0", _finite(0)),
+    "algo.ppo.gamma": ("a number in [0, 1]", _finite(0, 1)),
+    "algo.ppo.lam": ("a number in [0, 1]", _finite(0, 1)),
+    "algo.clip_eps": ("a finite number > 0", _finite(0, lo_open=True)),
+    "algo.ppo.value_clip": ("a finite number > 0", _finite(0, lo_open=True)),
+    "train.lr": ("a number in (0, 1]", _finite(0, 1, lo_open=True)),
+    "train.value_head_lr": ("a number in (0, 1]", _finite(0, 1, lo_open=True)),
+    "train.weight_decay": ("a finite number >= 0", _finite(0)),
+    "train.warmup_steps": ("an integer >= 0", _finite(0)),
+    "train.max_grad_norm": ("a finite number > 0", _finite(0, lo_open=True)),
+    "eval.limit": ("an integer >= 1", _finite(1)),
+    "eval.max_new_tokens": ("an integer >= 1", _finite(1)),
+    "eval.temperature": ("a finite number >= 0 (0: greedy)", _finite(0)),
+    "eval.n_samples": ("an integer >= 1", _finite(1)),
+    "logging.log_every": ("an integer >= 1", _finite(1)),
+}
+
+
+def check_values(cfg: ExperimentConfig) -> None:
+    """Each VALUE_RULES key in range, and settings that cannot learn anything refused; messages name the key."""
+    for key, (expected, ok) in VALUE_RULES.items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is not None and not ok(value):
+            raise UserError(f"config key '{key}' must be {expected}, got {value}")
+    if cfg.algo.name == "grpo" and cfg.generation.temperature == 0:
+        raise UserError(
+            "algo.name=grpo with generation.temperature=0 samples the same response for every member of a "
+            "group, so every advantage is 0 and nothing is learned; set generation.temperature > 0"
+        )
+
+
 def world_size_from_env() -> int:
     """The number of processes `accelerate launch` / torchrun started (1 for a plain `python` run)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -321,5 +376,6 @@ def load(
     `world_size` (default: from the environment) is used to check the batch-size arithmetic.
     """
     cfg = config_loader.load(ExperimentConfig, path, overrides, MOVED_KEYS)
+    check_values(cfg)
     check_batch_sizes(cfg, world_size_from_env() if world_size is None else world_size)
     return cfg

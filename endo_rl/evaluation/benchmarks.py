@@ -26,6 +26,8 @@ is the Hub's, so indices are only comparable between runs on the same source).
 from __future__ import annotations
 
 import ast
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,12 +171,32 @@ def load_benchmark(name: str, data_dir: str | Path | None = None) -> list[Proble
     check_name(name)
     if data_dir is not None:
         path = benchmark_file(name, Path(data_dir))
-        return problems_from_rows(name, list(read_jsonl(path)), str(path))
+        problems = problems_from_rows(name, list(read_jsonl(path)), str(path))
+        if not problems:
+            raise UserError(f"benchmark {name}: {path} holds no problems")
+        return problems
     return _load_from_hub(name)
+
+
+def _check_hub_reachable(name: str, repo: str) -> None:
+    """Fail in seconds, not after ~30 s of retries, when the Hub is off or unreachable (a proxy is trusted)."""
+    offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "") not in ("", "0")]
+    reason = f"{offline[0]} is set" if offline else None
+    if reason is None and not any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=5).close()
+        except OSError as err:
+            reason = f"huggingface.co cannot be reached ({err.strerror or err})"
+    if reason is not None:
+        raise UserError(
+            f"benchmark {name}: no --data-dir given and {reason}, so the Hub dataset {repo} cannot be "
+            "loaded; pass --data-dir DIR with DIR/<name>/test.jsonl"
+        )
 
 
 def _load_from_hub(name: str) -> list[Problem]:
     repo, config, split = SPECS[name].hub
+    _check_hub_reachable(name, repo)
     try:
         import datasets
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,8 +97,13 @@ class EvalSettings(BenchmarkConfig):
         templates.check_template(self.template)
         if self.max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_grading_timeout(self.grading_timeout_s)
         if self.n_samples < 1:
             raise UserError(f"n_samples must be >= 1, got {self.n_samples}")
         if self.n_samples > 1 and self.temperature == 0:
@@ -338,6 +344,12 @@ def build_report(
     }
 
 
+def check_grading_timeout(seconds: float) -> None:
+    """A timeout <= 0 would turn every answer into a timeout/parse error: refused, not scored as zeros."""
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise UserError(f"grading timeout must be a number of seconds > 0, got {seconds}")
+
+
 def regrade(
     predictions_path: str | Path,
     data_dir: str | Path | None,
@@ -348,6 +360,7 @@ def regrade(
     """Grade saved completions without a model, finding answers as `extract` says. Results keep the file's
     row order."""
     check_mode(extract)
+    check_grading_timeout(grading_timeout_s)
     path = Path(predictions_path)
     saved, rows = read_predictions(path)
     if not rows:

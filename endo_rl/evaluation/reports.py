@@ -84,6 +84,9 @@ def bar_chart(
         ax.bar([i + shift for i in range(len(names))], acc, width, yerr=err, capsize=3, label=label)
     ax.set_xticks(range(len(names)), names, rotation=20)
     ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(
+        bottom=0, top=max(ax.get_ylim()[1], 5.0)
+    )  # all-zero accuracies: a 0-5 % axis, not -0.04..0.04
     ax.legend()
     fig.tight_layout()
     Path(png_path).parent.mkdir(parents=True, exist_ok=True)

@@ -117,6 +117,7 @@ class PolicyUpdate:
         sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
         if not skipped:
             self.optimizer.step()
+            guard.check_weights(self.model, f"after the optimizer step of step {step}")
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return skipped
