@@ -188,8 +188,22 @@ def test_lora_checkpoint_holds_only_trainable_tensors_and_resumes_exactly(tiny_m
     first = weights(tmp_path / "a" / "checkpoints" / "step-1")
     assert any(not torch.equal(first[k], a[k]) for k in a if "lora_B" in k)  # the adapter did train
     other = [*lora[:2], "lora.target_modules=[q_proj]", lora[3], "resume=true", "train.max_steps=3"]
-    with pytest.raises(UserError, match=r"does not match the model: it lacks 0 .* and has 4 the model lacks"):
+    with pytest.raises(UserError, match=r"was trained with a different lora.target_modules"):
         run(tiny_cfg(tiny_model_dir, tmp_path / "b", *other))
+    # behind that config check, the checkpoint's tensor names are checked against the model's trainable ones
+    from safetensors.torch import save_file
+
+    from endo_rl.rl.distributed import _check_saved_keys
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[0].requires_grad_(False)
+    save_file({"1.weight": torch.zeros(2, 2), "1.bias": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    _check_saved_keys([model], str(tmp_path))  # exactly the trainable tensors: accepted
+    save_file({"1.weight": torch.zeros(2, 2), "9.bias": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(
+        UserError, match=r"it lacks 1 of the model's trainable tensors \['1.bias'\] and has 1"
+    ):
+        _check_saved_keys([model], str(tmp_path))
 
 
 def test_resume_with_tied_embeddings(tmp_path, qwen_tokenizer):

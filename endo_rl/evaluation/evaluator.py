@@ -9,9 +9,8 @@
         grades     = Grader (math-verify in a child process, hard timeout)
         metrics    = accuracy/avg@k +- stderr, truncated, no answer, timeouts, parse errors, too long, tokens, time
 
-A problem whose prompt is over the prompt limit (`max_prompt_length`; default: the model's context minus
-`max_new_tokens`) is not generated: it stays in the denominator, graded wrong with status `too_long`, and is
-counted per benchmark (`n_too_long`), so a long-prompt benchmark can never look better by losing problems.
+A problem whose prompt is over `max_prompt_length` (default: model context - `max_new_tokens`) is not generated,
+but stays in the denominator: graded wrong with status `too_long`, counted per benchmark (`n_too_long`).
 
 `evaluate(model, tokenizer, settings, out_dir)` is what training calls before and after; `regrade(...)` is
 `endo-rl eval --predictions`, grading saved completions without a model.
@@ -68,8 +67,7 @@ class EvalSettings(BenchmarkConfig):
     backend: Literal["auto", "hf", "static"] = "auto"
     """Generation backend, as `generation.backend`."""
     max_prompt_length: int | None = None
-    """Prompts over this many tokens are not generated (graded wrong, status too_long); None: the model's
-    context (max_position_embeddings) minus max_new_tokens, or no limit when the model does not say."""
+    """Longer prompts are not generated (graded wrong, too_long); None: model context - max_new_tokens."""
     grading_timeout_s: float = 5.0
     """Seconds per answer for math-verify."""
     seed: int = 0
@@ -192,7 +190,6 @@ def run_eval(
         **decoding,
         "benchmarks": settings.benchmarks,
         "limit": settings.limit,
-        "max_prompt_length": limit,
         "data_dir": settings.data_dir,
         "seed": settings.seed,
         "grading_timeout_s": settings.grading_timeout_s,
@@ -221,13 +218,11 @@ def _generate_missing(
         ((p.index, s) for p in problems for s in range(settings.n_samples)),
         key=lambda w: (len(prompts[w[0]]), w),
     )
-    if limit is not None:
-        for index, sample in [w for w in work if len(prompts[w[0]]) > limit]:
-            if (name, index, sample) not in done:
-                pred = Prediction(name, index, sample, "", 0, False, too_long=True)
-                writer.append(pred)
-                done[pred.key()] = pred
-        work = [w for w in work if len(prompts[w[0]]) <= limit]
+    for w in [w for w in work if limit is not None and len(prompts[w[0]]) > limit and (name, *w) not in done]:
+        pred = Prediction(name, *w, "", 0, False, too_long=True)
+        writer.append(pred)
+        done[pred.key()] = pred
+    work = [w for w in work if limit is None or len(prompts[w[0]]) <= limit]
     chunks = [work[i : i + settings.batch_size] for i in range(0, len(work), settings.batch_size)]
     stop_ids = templates.stop_token_ids(tokenizer)
     pad_id = templates.pad_token_id(tokenizer)
