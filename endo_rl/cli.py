@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from endo_rl.core.errors import UserError
+from endo_rl.core.errors import ReportedByMainProcess, UserError
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
+    except ReportedByMainProcess:  # the main process prints this error
+        return 2
     except UserError as err:
         print(f"endo-rl {args.command}: error: {err}", file=sys.stderr)
         return 2

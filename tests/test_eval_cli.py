@@ -21,7 +21,7 @@ def endo_rl(*args: str) -> subprocess.CompletedProcess:
 
 PER_BENCHMARK_KEYS = {
     "accuracy", "stderr", "n", "size", "k", "n_completions", "n_correct", "n_truncated", "n_no_answer",
-    "n_timeout", "n_parse_error", "tokens_generated", "wall_time_s",
+    "n_timeout", "n_parse_error", "n_too_long", "tokens_generated", "wall_time_s",
 }  # fmt: skip
 
 

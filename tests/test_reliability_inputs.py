@@ -131,9 +131,15 @@ CASES: dict[str, tuple[list[str], str]] = {
         "recipes/debug/arithmetic.jsonl, line 1: no field 'question' (set by data.prompt_field); "
         "fields: problem, solution",
     ),
-    "prompt longer than the limit": (
-        ["train", RECIPE, "output_dir={tmp}/d8", "model.path={tiny}", "data.max_prompt_length=16"],
-        "recipes/debug/arithmetic.jsonl, line 1: prompt is 36 tokens, over data.max_prompt_length=16",
+    "prompt longer than the limit, strict": (
+        ["train", RECIPE, "output_dir={tmp}/d8", "model.path={tiny}", "data.max_prompt_length=16", "data.overlong=error"],
+        "recipes/debug/arithmetic.jsonl, line 1: prompt is 36 tokens, over data.max_prompt_length=16 "
+        "(data.overlong=drop skips such prompts and counts them)",
+    ),
+    "every prompt longer than the limit": (
+        ["train", RECIPE, "output_dir={tmp}/d8b", "model.path={tiny}", "data.max_prompt_length=16"],
+        "data.train: every prompt is too long: dropped 12 of 12 prompts over 16 tokens "
+        "(data.max_prompt_length; first: recipes/debug/arithmetic.jsonl, line 1)",
     ),
     "unknown template": (
         ["train", RECIPE, "output_dir={tmp}/d9", "model.path={tiny}", "data.template=nope"],

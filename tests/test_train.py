@@ -174,6 +174,55 @@ def test_lora_trains_the_adapter_and_references_the_base(tiny_model_dir, tmp_pat
             )
 
 
+def test_lora_checkpoint_holds_only_trainable_tensors_and_resumes_exactly(tiny_model_dir, tmp_path):
+    from endo_rl.core.errors import UserError
+
+    lora = ["lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj, v_proj]", "lora.save=adapter"]
+    run(tiny_cfg(tiny_model_dir, tmp_path / "a", *lora, "train.lr=0.05"))
+    run(tiny_cfg(tiny_model_dir, tmp_path / "b", *lora, "train.lr=0.05", "train.max_steps=1"))
+    run(tiny_cfg(tiny_model_dir, tmp_path / "b", *lora, "train.lr=0.05", "resume=true"))
+    a = weights(checkpoint.latest_checkpoint(tmp_path / "a"))
+    b = weights(checkpoint.latest_checkpoint(tmp_path / "b"))
+    assert a.keys() == b.keys() and all("lora_" in k or "value_head" in k for k in a)  # no frozen base
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    first = weights(tmp_path / "a" / "checkpoints" / "step-1")
+    assert any(not torch.equal(first[k], a[k]) for k in a if "lora_B" in k)  # the adapter did train
+    other = [*lora[:2], "lora.target_modules=[q_proj]", lora[3], "resume=true", "train.max_steps=3"]
+    with pytest.raises(UserError, match=r"was trained with a different lora.target_modules"):
+        run(tiny_cfg(tiny_model_dir, tmp_path / "b", *other))
+    # behind that config check, the checkpoint's tensor names are checked against the model's trainable ones
+    from safetensors.torch import save_file
+
+    from endo_rl.rl.distributed import _check_saved_keys
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[0].requires_grad_(False)
+    save_file({"1.weight": torch.zeros(2, 2), "1.bias": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    _check_saved_keys([model], str(tmp_path))  # exactly the trainable tensors: accepted
+    save_file({"1.weight": torch.zeros(2, 2), "9.bias": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(
+        UserError, match=r"it lacks 1 of the model's trainable tensors \['1.bias'\] and has 1"
+    ):
+        _check_saved_keys([model], str(tmp_path))
+
+
+def test_resume_with_tied_embeddings(tmp_path, qwen_tokenizer):
+    """safetensors keeps one name of a tied LM head / embedding pair; resuming must accept that (SmolLM2)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    tied = Qwen2ForCausalLM(Qwen2Config(vocab_size=151936, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                        tie_word_embeddings=True))  # fmt: skip
+    tied.save_pretrained(tmp_path / "model")
+    qwen_tokenizer.save_pretrained(tmp_path / "model")
+    run(tiny_cfg(tmp_path / "model", tmp_path / "run", "train.max_steps=1"))
+    resumed = run(tiny_cfg(tmp_path / "model", tmp_path / "run", "resume=true"))
+    assert (resumed / "config.json").is_file() and checkpoint.latest_checkpoint(
+        tmp_path / "run"
+    ).name == "step-2"
+
+
 def test_reward_system_prompt_rescores_on_its_own_prompt_and_kl_keeps_the_policy_prompt(
     tiny_model_dir, tmp_path
 ):

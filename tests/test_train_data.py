@@ -37,10 +37,28 @@ def test_directory_with_train_jsonl(tmp_path, qwen_tokenizer):
         load_prompts(data_cfg(tmp_path / "sub"), qwen_tokenizer)
 
 
-def test_long_prompt_is_an_error_naming_the_row(qwen_tokenizer):
+def test_long_prompts_are_dropped_and_counted(tmp_path, qwen_tokenizer, capsys):
+    rows = [
+        '{"problem": "What is 2 + 3?", "solution": "5"}',
+        '{"problem": "' + "very long question " * 40 + '", "solution": "1"}',
+        '{"problem": "What is 4 + 4?", "solution": "8"}',
+    ]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    prompts = load_prompts(data_cfg(data, template="plain", max_prompt_length=20), qwen_tokenizer)
+    assert [p.text for p in prompts] == ["What is 2 + 3?", "What is 4 + 4?"]
+    err = capsys.readouterr().err
+    assert "dropped 1 of 3 prompts over 20 tokens" in err and "mixed.jsonl, line 2" in err
+
+
+def test_long_prompt_is_an_error_naming_the_row_in_strict_mode(qwen_tokenizer):
     with pytest.raises(
         UserError, match=r"arithmetic.jsonl, line 1: prompt is \d+ tokens, over data.max_prompt_length=5"
     ):
+        load_prompts(
+            data_cfg(PROMPTS, template="plain", max_prompt_length=5, overlong="error"), qwen_tokenizer
+        )
+    with pytest.raises(UserError, match=r"every prompt is too long: dropped 12 of 12 prompts over 5 tokens"):
         load_prompts(data_cfg(PROMPTS, template="plain", max_prompt_length=5), qwen_tokenizer)
 
 

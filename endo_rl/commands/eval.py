@@ -68,6 +68,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--grading-timeout", type=float, default=d.grading_timeout_s, help="seconds per answer (default 5)"
     )
+    too_long = (
+        "longer prompts are not generated and count wrong (too_long); default: context - max new tokens"
+    )
+    p.add_argument("--max-prompt-length", type=int, default=None, help=too_long)
+    _add_run_arguments(p)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Output and prediction files, and where the model runs."""
     p.add_argument("--out", required=True, help="report JSON path")
     p.add_argument(
         "--save-predictions",
@@ -99,6 +108,7 @@ def _settings(args: argparse.Namespace):
         limit=args.limit,
         batch_size=args.batch_size,
         backend=args.backend,
+        max_prompt_length=args.max_prompt_length,
         grading_timeout_s=args.grading_timeout,
         seed=args.seed,
         progress=not args.no_progress,
@@ -107,13 +117,13 @@ def _settings(args: argparse.Namespace):
 
 def summary_table(report: dict) -> str:
     lines = [
-        f"{'benchmark':<15} {'acc %':>7} {'±se':>6} {'n':>5} {'trunc':>6} {'no ans':>6} {'t/o':>4} {'parse':>6}"
+        f"{'benchmark':<15} {'acc %':>7} {'±se':>6} {'n':>5} {'trunc':>6} {'no ans':>6} {'t/o':>4} {'parse':>6} {'long':>5}"
     ]
     for name, m in report["benchmarks"].items():
         se = "-" if m["stderr"] is None else f"{100 * m['stderr']:.1f}"
         lines.append(
             f"{name:<15} {100 * m['accuracy']:>7.1f} {se:>6} {m['n']:>5} {m['n_truncated']:>6} "
-            f"{m['n_no_answer']:>6} {m['n_timeout']:>4} {m['n_parse_error']:>6}"
+            f"{m['n_no_answer']:>6} {m['n_timeout']:>4} {m['n_parse_error']:>6} {m.get('n_too_long', 0):>5}"
         )
     avg = report["average"]
     se = "-" if avg["stderr"] is None else f"{100 * avg['stderr']:.1f}"

@@ -95,7 +95,9 @@ class DataConfig:
     template: str = "qwen25-math-cot"
     """Prompt template name (see `endo-rl eval --help`)."""
     max_prompt_length: int = 1024
-    """Prompts longer than this (in tokens) are an error, not silently cut."""
+    """Prompts longer than this (in tokens) are never cut: dropped at load time and counted, or an error."""
+    overlong: Literal["drop", "error"] = "drop"
+    """drop: skip prompts over max_prompt_length and print how many; error: stop, naming the first one."""
 
 
 @dataclass

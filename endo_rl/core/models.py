@@ -2,6 +2,10 @@
 
 A path that exists on disk is always loaded offline. Anything that looks like a path but does not exist is an
 error naming it; only a bare `org/name` that is not on disk is sent to the Hub.
+
+`ENDO_RL_MODEL_PLUGIN=module:function` (an environment variable, for benchmarks, never set by a recipe) calls
+`function(model)` on every causal LM loaded here, before it is copied into a reference; the realistic GPU
+benchmarks use it to install `bench/stop_hook.py` (random-init models that still stop at varied lengths).
 """
 
 from __future__ import annotations
@@ -103,7 +107,35 @@ def load_causal_lm(
     except (OSError, ValueError) as err:
         where = "local" if local else "Hub"
         raise UserError(f"cannot load a causal LM from {where} source {path}: {_first_line(err)}") from err
+    if gguf is not None:
+        _forget_gguf_quantizer(model)
+    apply_plugin(model)
     return model.to(device)
+
+
+def _forget_gguf_quantizer(model: torch.nn.Module) -> None:
+    """GGUF weights are dequantized into plain tensors at load time, but transformers keeps a GGUF "quantizer"
+    on the model that makes `save_pretrained` refuse it (the final export of a trained GGUF model failed that
+    way); dropping it leaves an ordinary model that saves and reloads like any other."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def apply_plugin(model: torch.nn.Module) -> None:
+    """Call $ENDO_RL_MODEL_PLUGIN (`module:function`) on `model`, if set."""
+    spec = os.environ.get("ENDO_RL_MODEL_PLUGIN")
+    if not spec:
+        return
+    import importlib
+
+    module_name, _, func_name = spec.partition(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name or "install")
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"ENDO_RL_MODEL_PLUGIN={spec!r}: cannot import it: {err}") from err
+    func(model)
 
 
 def check_vocab(model: torch.nn.Module, tokenizer, what: str = "model") -> None:

@@ -7,7 +7,10 @@
             completions = generate(model, prompts, ...)                              # endo_rl.generation.generator
             append each to predictions.jsonl                                          # survives a kill
         grades     = Grader (math-verify in a child process, hard timeout)
-        metrics    = accuracy/avg@k +- stderr, truncated, no answer, timeouts, parse errors, tokens, time
+        metrics    = accuracy/avg@k +- stderr, truncated, no answer, timeouts, parse errors, too long, tokens, time
+
+A problem whose prompt is over `max_prompt_length` (default: model context - `max_new_tokens`) is not generated,
+but stays in the denominator: graded wrong with status `too_long`, counted per benchmark (`n_too_long`).
 
 `evaluate(model, tokenizer, settings, out_dir)` is what training calls before and after; `regrade(...)` is
 `endo-rl eval --predictions`, grading saved completions without a model.
@@ -63,6 +66,8 @@ class EvalSettings(BenchmarkConfig):
     """Sequences per `generate` call."""
     backend: Literal["auto", "hf", "static"] = "auto"
     """Generation backend, as `generation.backend`."""
+    max_prompt_length: int | None = None
+    """Longer prompts are not generated (graded wrong, too_long); None: model context - max_new_tokens."""
     grading_timeout_s: float = 5.0
     """Seconds per answer for math-verify."""
     seed: int = 0
@@ -105,6 +110,8 @@ class EvalSettings(BenchmarkConfig):
             )
         if self.limit is not None and self.limit < 1:
             raise UserError(f"limit must be >= 1, got {self.limit}")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise UserError(f"max_prompt_length must be >= 1, got {self.max_prompt_length}")
 
     def decoding(self, model_name: str) -> dict:
         """What a resumed run must share with the run that wrote the predictions file."""
@@ -138,12 +145,21 @@ def evaluate(
     return report
 
 
+def prompt_limit(model: torch.nn.Module, settings: EvalSettings) -> int | None:
+    """settings.max_prompt_length, else the model's context minus the response length (None: no limit)."""
+    if settings.max_prompt_length is not None:
+        return settings.max_prompt_length
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return context - settings.max_new_tokens if isinstance(context, int) else None
+
+
 def run_eval(
     model: torch.nn.Module, tokenizer, settings: EvalSettings, predictions_path: Path, model_name: str
 ) -> dict:
     settings.validate()
     predictions_path = Path(predictions_path)
-    decoding = settings.decoding(model_name)
+    limit = prompt_limit(model, settings)
+    decoding = {**settings.decoding(model_name), "max_prompt_length": limit}
     saved, rows = (None, [])
     if predictions_path.exists():
         saved, rows = read_predictions(predictions_path, tolerate_torn_tail=True)
@@ -165,7 +181,7 @@ def run_eval(
             problems = problems[: settings.limit] if settings.limit else problems
             keys = [(name, p.index, s) for p in problems for s in range(settings.n_samples)]
             n_resumed += sum(k in done for k in keys)
-            _generate_missing(model, tokenizer, settings, name, problems, done, writer)
+            _generate_missing(model, tokenizer, settings, name, problems, done, writer, limit)
             preds = [done[k] for k in keys]
             grades = _grade_all(grader, problems, preds, settings.progress, name)
             per_bench[name] = benchmark_summary(preds, grades, size, time.perf_counter() - start)
@@ -189,10 +205,11 @@ def _generate_missing(
     problems: Sequence[Problem],
     done: dict,
     writer: PredictionWriter,
+    limit: int | None,
 ) -> None:
     """Generate every (problem, sample) of benchmark `name` not in `done`, a micro-batch at a time, appending
     each micro-batch to the predictions file as it finishes. Work is sorted by prompt length, so a resumed
-    run rebuilds the same micro-batches after the last saved one."""
+    run rebuilds the same micro-batches after the last saved one. Prompts over `limit` get a `too_long` row."""
     prompts = {
         p.index: templates.prompt_ids(settings.template, tokenizer, _question(p, settings.extract))
         for p in problems
@@ -201,6 +218,11 @@ def _generate_missing(
         ((p.index, s) for p in problems for s in range(settings.n_samples)),
         key=lambda w: (len(prompts[w[0]]), w),
     )
+    for w in [w for w in work if limit is not None and len(prompts[w[0]]) > limit and (name, *w) not in done]:
+        pred = Prediction(name, *w, "", 0, False, too_long=True)
+        writer.append(pred)
+        done[pred.key()] = pred
+    work = [w for w in work if limit is None or len(prompts[w[0]]) <= limit]
     chunks = [work[i : i + settings.batch_size] for i in range(0, len(work), settings.batch_size)]
     stop_ids = templates.stop_token_ids(tokenizer)
     pad_id = templates.pad_token_id(tokenizer)
@@ -250,7 +272,9 @@ def _grade_all(
     gold = {p.index: p.gold for p in problems}
     rounded = name in ROUNDED_GOLDS
     return [
-        grader.grade(gold[p.index], p.completion, rounded)
+        Grade(False, "too_long", "prompt over the limit: not generated")
+        if p.too_long
+        else grader.grade(gold[p.index], p.completion, rounded)
         for p in tqdm(preds, desc=f"grading {name}", unit="ans", disable=not progress)
     ]
 
@@ -286,7 +310,10 @@ def benchmark_summary(
         "n_completions": len(preds),
         "n_correct": sum(g.correct for g in grades),
         "n_truncated": sum(bool(p.truncated) for p in preds),
-        **{f"n_{s}": sum(g.status == s for g in grades) for s in ("no_answer", "timeout", "parse_error")},
+        **{
+            f"n_{s}": sum(g.status == s for g in grades)
+            for s in ("no_answer", "timeout", "parse_error", "too_long")
+        },
         "tokens_generated": None if None in tokens else sum(tokens),
         "wall_time_s": round(wall_time_s, 3),
     }

@@ -1,8 +1,9 @@
 """The predictions JSONL: every completion, appended as soon as it is generated, so a killed eval resumes.
 
 Rows: `{"benchmark", "index", "sample", "completion", "n_tokens", "truncated"}`; `index` is the row number in
-the benchmark file. An eval run writes a first row `{"settings": {...}}` with the decoding settings, and a
-resumed run refuses a file made with different ones. Hand-written files for `--predictions` need only
+the benchmark file. A problem whose prompt is over the evaluation's prompt limit gets a row with an empty
+completion and `"too_long": true` (never generated, graded wrong with status `too_long`). An eval run writes
+a first row `{"settings": {...}}` with the decoding settings, and a resumed run refuses a file made with different ones. Hand-written files for `--predictions` need only
 `benchmark`, `index` and `completion`.
 
 The file is a resumable results file (`endo_rl.core.jsonl`): a run killed mid-write leaves a last line without
@@ -27,12 +28,14 @@ class Prediction:
     completion: str
     n_tokens: int | None = None
     truncated: bool | None = None
+    too_long: bool = False
+    """The prompt was over the prompt limit: nothing was generated; graded wrong (status too_long)."""
 
     def key(self) -> tuple[str, int, int]:
         return self.benchmark, self.index, self.sample
 
     def to_dict(self) -> dict:
-        return {
+        row = {
             "benchmark": self.benchmark,
             "index": self.index,
             "sample": self.sample,
@@ -40,6 +43,9 @@ class Prediction:
             "n_tokens": self.n_tokens,
             "truncated": self.truncated,
         }
+        if self.too_long:
+            row["too_long"] = True
+        return row
 
 
 def _parse_row(row: dict, where: str, samples_seen: dict[tuple[str, int], int]) -> Prediction:
@@ -58,7 +64,8 @@ def _parse_row(row: dict, where: str, samples_seen: dict[tuple[str, int], int]) 
     elif not isinstance(sample, int) or isinstance(sample, bool) or sample < 0:
         raise UserError(f"{where}: sample must be a non-negative integer, got {sample!r}")
     samples_seen[key] = max(samples_seen.get(key, 0), sample + 1)
-    return Prediction(key[0], index, sample, completion, row.get("n_tokens"), row.get("truncated"))
+    too_long = row.get("too_long", False) is True
+    return Prediction(key[0], index, sample, completion, row.get("n_tokens"), row.get("truncated"), too_long)
 
 
 def read_predictions(

@@ -12,7 +12,10 @@ renamed to `.old-step-N/` before they are deleted. `final/` is written to `.tmp-
 
 A failed write (on a full disk the libraries raise OSError, safetensors' SafetensorError, torch's RuntimeError
 "file write failed" or tokenizers' bare Exception) removes the temp dir and raises a UserError naming the path;
-the previous checkpoints are untouched. An error that is not the disk's (no errno and free space left) is
+the previous checkpoints are untouched. A failure on any rank is gathered to all ranks after each phase of the
+write (make the dir, every rank's files, the state file): every rank stops together with one message naming
+the rank, printed once by the main process (the others raise `ReportedByMainProcess`).
+An error that is not the disk's (no errno and free space left) is
 re-raised as it is: it is a bug, not a full disk.
 
 Resume reads the newest step whose files all open (`broken_files`); a truncated or unreadable newest step is
@@ -33,7 +36,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from endo_rl.core.errors import UserError
+from endo_rl.core.errors import ReportedByMainProcess, UserError
 from endo_rl.rl import distributed, run_lock
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -96,7 +99,8 @@ def disk_error(err: BaseException, where: Path) -> str | None:
 
 
 def _write_collectively(accelerator: Accelerator, tmp: Path, write: Callable[[], None]) -> str | None:
-    """Run `write` on every rank; a disk error on any rank is reported on all (None: every rank succeeded)."""
+    """Run `write` on every rank; every rank's disk error, gathered to all ranks, each naming its rank when
+    several run (None: every rank succeeded). No barrier inside `write`: a rank that failed would skip it."""
     reason = None
     try:
         write()
@@ -104,9 +108,8 @@ def _write_collectively(accelerator: Accelerator, tmp: Path, write: Callable[[],
         reason = disk_error(err, tmp)
         if reason is None:  # not the disk's fault: a bug, re-raised as it is
             raise
-    if distributed.any_rank(accelerator, reason is not None):
-        return reason or "a write failed on another process"
-    return None
+    errors = distributed.all_errors(accelerator, reason)
+    return "; ".join(errors) if errors else None
 
 
 def save(accelerator: Accelerator, output_dir: str | Path, step: int, state: dict, keep_last: int) -> Path:
@@ -114,29 +117,29 @@ def save(accelerator: Accelerator, output_dir: str | Path, step: int, state: dic
     root = checkpoints_dir(output_dir)
     tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
 
-    def write() -> None:
+    def make_dir() -> None:
         if accelerator.is_main_process:  # even a directory needs space
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        distributed.save_state(accelerator, tmp)
-        accelerator.wait_for_everyone()
+
+    def write_state() -> None:
         if accelerator.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
 
-    reason = _write_collectively(accelerator, tmp, write)
+    # three phases, each ending in a gather that also synchronizes the ranks; `reason` is the same on all ranks
+    reason = _write_collectively(accelerator, tmp, make_dir)
+    reason = reason or _write_collectively(accelerator, tmp, lambda: distributed.save_state(accelerator, tmp))
+    reason = reason or _write_collectively(accelerator, tmp, write_state)
     if reason is not None:  # disk full, quota, I/O error: the previous checkpoints are untouched
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(output_dir)
-        raise UserError(
-            f"cannot write checkpoint {final}: {reason}; "
-            + (
-                f"the previous checkpoint {previous} is intact and resume=true continues from it"
-                if previous
-                else "there is no earlier checkpoint"
-            )
+        message = f"cannot write checkpoint {final}: {reason}; " + (
+            f"the previous checkpoint {previous} is intact and resume=true continues from it"
+            if previous
+            else "there is no earlier checkpoint"
         )
+        raise UserError(message) if accelerator.is_main_process else ReportedByMainProcess(message)
     if accelerator.is_main_process:
         _publish(tmp, final)
         for debris in [*root.glob(".old-step-*"), *root.glob(".tmp-step-*")]:  # left by killed runs
@@ -276,10 +279,11 @@ def export_final(
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         last = latest_checkpoint(out_dir.parent)
-        raise UserError(
+        message = (
             f"cannot write the final export {out_dir}: {reason}; nothing half-written was left; the trained "
             f"weights are in checkpoint {last or '(none)'}: free space and rerun with resume=true to export again"
         )
+        raise UserError(message) if accelerator.is_main_process else ReportedByMainProcess(message)
     if accelerator.is_main_process:
         _publish(tmp, out_dir)
     accelerator.wait_for_everyone()

@@ -1,9 +1,12 @@
 """Training prompts: read rows, render them through a pinned template, and deal them out in a resumable order.
 
 `data.train` is a JSONL file, a directory holding `train.jsonl`, or (for users online) a Hub dataset id. Every
-prompt is tokenized once at start-up, so a prompt over `data.max_prompt_length` or a missing field is an error
-naming its row before any training happens. The gold answer is the last `\\boxed{}` of `data.answer_field`
-when it has one (MATH solutions), else the field as it is.
+prompt is tokenized once at start-up. A prompt over `data.max_prompt_length` is never cut: it is dropped and
+counted ("dropped 12 of 7500 prompts over 1024 tokens", as verl/OpenRLHF do), or with `data.overlong=error` it
+stops the run naming its row. A missing field is an error naming its row, before any training happens.
+
+The gold answer is the last `\\boxed{}` of `data.answer_field` when it has one (MATH solutions), else the text
+after its last `####` (GSM8K, thousands separators removed), else the field as it is.
 
 `PromptOrder` shuffles with a generator seeded by (seed, epoch) alone, so the data position (epoch, offset)
 is the whole state a checkpoint needs.
@@ -12,6 +15,7 @@ is the whole state a checkpoint needs.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,23 +84,49 @@ def load_prompts(
     rows = read_rows(cfg.train)
     if not rows:
         raise UserError(f"data.train: {cfg.train} holds no rows")
-    prompts = []
+    prompts, overlong = [], []
     for where, row in rows:
         text = _field(row, cfg.prompt_field, "data.prompt_field", where)
         ids = templates.prompt_ids(cfg.template, tokenizer, text)
         if len(ids) > cfg.max_prompt_length:
-            raise UserError(
-                f"{where}: prompt is {len(ids)} tokens, over data.max_prompt_length={cfg.max_prompt_length}"
-            )
+            if cfg.overlong == "error":
+                raise UserError(
+                    f"{where}: prompt is {len(ids)} tokens, over data.max_prompt_length={cfg.max_prompt_length} "
+                    "(data.overlong=drop skips such prompts and counts them)"
+                )
+            overlong.append(where)
+            continue
         gold = None
         if need_gold:
             answer = _field(row, cfg.answer_field, "data.answer_field", where)
-            gold = last_boxed(answer) or answer.strip()
+            gold = gold_answer(answer)
         reward_ids = None
         if reward_system_prompt is not None:
             reward_ids = scoring.chat_prompt_ids(tokenizer, text, reward_system_prompt)
         prompts.append(Prompt(where, text, ids, reward_ids, gold))
+    if overlong:
+        _report_dropped(cfg, overlong, len(rows))
     return prompts
+
+
+def _report_dropped(cfg: DataConfig, overlong: list[str], total: int) -> None:
+    """Say how many prompts were dropped (and the first), or stop when nothing is left to train on."""
+    message = (
+        f"dropped {len(overlong)} of {total} prompts over {cfg.max_prompt_length} tokens "
+        f"(data.max_prompt_length; first: {overlong[0]})"
+    )
+    if len(overlong) == total:
+        raise UserError(f"data.train: every prompt is too long: {message}")
+    print(f"data.train: {message}", file=sys.stderr, flush=True)
+
+
+def gold_answer(answer: str) -> str:
+    """MATH's last \\boxed{}, GSM8K's text after `####`, or the whole (stripped) answer."""
+    if boxed := last_boxed(answer):
+        return boxed
+    if "####" in answer:
+        return answer.split("####")[-1].strip().replace(",", "")
+    return answer.strip()
 
 
 class PromptOrder:

@@ -145,6 +145,17 @@ def any_rank(accelerator: Accelerator, flag: bool) -> bool:
     return bool(sum_over_ranks(accelerator, torch.tensor([float(flag)])).item() > 0)
 
 
+def all_errors(accelerator: Accelerator, error: str | None) -> list[str]:
+    """Every rank's error message (None: no error), gathered to all ranks, each prefixed with its rank when
+    several processes run (collective: call on every rank)."""
+    if accelerator.num_processes == 1:
+        return [error] if error else []
+    from accelerate.utils import gather_object
+
+    tagged = None if error is None else f"rank {accelerator.process_index}: {error}"
+    return [e for e in gather_object([tagged]) if e]
+
+
 def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
     return accelerator.unwrap_model(model)
 
@@ -154,13 +165,75 @@ def full_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[st
     return accelerator.get_state_dict(model)
 
 
+def trainable_names(model: torch.nn.Module) -> set[str] | None:
+    """Names of the trainable tensors when some parameters are frozen (LoRA), else None (all of them)."""
+    params = list(model.named_parameters())
+    if all(p.requires_grad for _, p in params):
+        return None
+    return {name for name, p in params if p.requires_grad}
+
+
+def _drop_frozen(models: list[torch.nn.Module], weights: list[dict], _output_dir: str) -> None:
+    """accelerate save pre-hook: keep only trainable tensors (a LoRA checkpoint without the frozen base)."""
+    for model, state in zip(models, weights, strict=True):
+        keep = trainable_names(model)
+        if keep is not None:
+            for key in [k for k in state if k not in keep]:
+                del state[key]
+
+
 def save_state(accelerator: Accelerator, directory: Path) -> None:
-    """Model, optimizer, scheduler and every rank's RNG states (collective; DeepSpeed writes its shards)."""
-    accelerator.save_state(str(directory), safe_serialization=True)
+    """Model, optimizer, scheduler and every rank's RNG states (collective; DeepSpeed writes its shards).
+
+    With frozen parameters (LoRA) only the trainable tensors are written: the frozen base is `model.path`
+    itself, so a 7B LoRA checkpoint is the adapter (+ value head), ~0.5 GB with its optimizer, not 15 GB.
+    """
+    if is_deepspeed(accelerator):
+        accelerator.save_state(str(directory), safe_serialization=True)
+        return
+    handle = accelerator.register_save_state_pre_hook(_drop_frozen)
+    try:
+        accelerator.save_state(str(directory), safe_serialization=True)
+    finally:
+        handle.remove()
+
+
+def _check_saved_keys(models: list[torch.nn.Module], input_dir: str) -> None:
+    """accelerate load pre-hook: the file holds the model's trainable tensors (all of them, or only those of a
+    LoRA adapter), nothing the model lacks. A tied weight saved once (safetensors keeps one name of a shared
+    tensor, e.g. the LM head tied to the embeddings) counts as present."""
+    from safetensors import safe_open
+
+    for i, model in enumerate(models):
+        path = Path(input_dir) / (f"model_{i}.safetensors" if i else "model.safetensors")
+        if not path.is_file():
+            continue
+        with safe_open(str(path), framework="pt") as f:
+            saved = set(f.keys())
+        state = model.state_dict()
+        expected = trainable_names(model) or set(state)
+        saved_storage = {state[k].untyped_storage().data_ptr() for k in saved & set(state)}
+        missing = sorted(
+            k for k in expected - saved if state[k].untyped_storage().data_ptr() not in saved_storage
+        )
+        unknown = sorted(saved - set(state))
+        if missing or unknown:
+            raise UserError(
+                f"checkpoint {path} does not match the model: it lacks {len(missing)} of the model's trainable "
+                f"tensors {missing[:1]} and has {len(unknown)} the model lacks {unknown[:1]}; resume with the "
+                "same model.path and lora.* settings"
+            )
 
 
 def load_state(accelerator: Accelerator, directory: Path) -> None:
-    accelerator.load_state(str(directory))
+    if is_deepspeed(accelerator):
+        accelerator.load_state(str(directory))
+        return
+    handle = accelerator.register_load_state_pre_hook(_check_saved_keys)
+    try:  # strict=False lets a trainable-only checkpoint load; _check_saved_keys keeps it strict
+        accelerator.load_state(str(directory), strict=False)
+    finally:
+        handle.remove()
 
 
 def merge_lora(

@@ -42,6 +42,7 @@ class TrainEval:
             template=cfg.data.template,
             batch_size=cfg.generation.batch_size,
             backend=cfg.generation.backend,
+            max_prompt_length=cfg.data.max_prompt_length,
             seed=cfg.seed,
         )
 

@@ -1,0 +1,65 @@
+"""Compare the step-N checkpoints of an uninterrupted run (A) and a killed-and-resumed run (B).
+
+    python bench/compare_runs.py RUN_A RUN_B K N
+
+Prints, over the trainable tensors (LoRA adapters and the value head; all tensors when there is no adapter):
+max |B_N - A_N|, and for scale max |A_N - A_K| (what the resumed steps changed), plus per-step metrics of the
+steps after K side by side. bf16 tolerance: the difference must be small against the update; sampled rollouts
+after a resume see the same RNG state, so only kernel non-determinism separates the two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from safetensors import safe_open
+
+
+def tensors(ckpt: Path) -> dict:
+    out = {}
+    with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+        trainable = [k for k in keys if "lora_" in k or "value_head" in k] or keys
+        for k in trainable:
+            out[k] = f.get_tensor(k).float()
+    return out
+
+
+def metrics(run: Path, after: int) -> list[dict]:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("step", 0) > after]
+
+
+def main() -> None:
+    run_a, run_b, k, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    a_n, b_n = run_a / "checkpoints" / f"step-{n}", run_b / "checkpoints" / f"step-{n}"
+    a_k = run_a / "checkpoints" / f"step-{k}"
+    missing = [p for p in (a_n, b_n) if not (p / "trainer_state.json").is_file()]
+    if missing:
+        print(f"{run_a.name} vs {run_b.name}: no complete checkpoint {', '.join(map(str, missing))}")
+        return
+    ta, tb = tensors(a_n), tensors(b_n)
+    diff = max((ta[key] - tb[key]).abs().max().item() for key in ta)
+    scale = max(v.abs().max().item() for v in ta.values())
+    line = f"{run_a.name} vs {run_b.name} at step {n}: {len(ta)} trainable tensors, max|B-A| = {diff:.3e}"
+    line += f", max|A| = {scale:.3e}"
+    if (a_k / "trainer_state.json").is_file():
+        tk = tensors(a_k)
+        update = max((ta[key] - tk[key]).abs().max().item() for key in ta)
+        line += f", max|A_{n} - A_{k}| (update over the resumed steps) = {update:.3e}"
+    print(line)
+    ma, mb = metrics(run_a, k), metrics(run_b, k)
+    for ra, rb in zip(ma, mb, strict=False):
+        keys = ["loss", "reward/total", "kl", "response_length", "grad_norm"]
+        keys += sorted(key for key in ra if key.startswith("time/"))
+        cells = [f"{key} {ra[key]:.6g} / {rb.get(key, float('nan')):.6g}" for key in keys if key in ra]
+        print(f"  step {ra.get('step')}: A / B  " + ", ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
