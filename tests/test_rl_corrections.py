@@ -85,3 +85,28 @@ def test_policy_ratio_log_is_clamped_like_verl():
     assert loss.item() == pytest.approx((math.exp(20.0) - 1.2) / 2)
     loss.backward()
     assert torch.isfinite(logp.grad).all()
+
+
+def test_policy_logprobs_and_values_at_the_sampling_temperature():
+    """Log-probs of softmax(z / T) against a loop over positions; V(s_{H+1}) at the last response token."""
+    from conftest import make_tiny_qwen
+
+    from endo_rl.core.batch import pack
+    from endo_rl.rl.policy import PolicyModel
+
+    lm = make_tiny_qwen(dtype=torch.float64)
+    policy = PolicyModel(lm, value_head=True).double()
+    with torch.no_grad():
+        policy.value_head.weight.normal_()
+    prompts, responses = [[5, 6, 7], [8]], [[9, 10], [11, 12, 13, 14]]
+    batch = pack(prompts, responses, pad_id=151643)
+    out = policy(**vars(batch), temperature=0.5)
+    for b, (p, r) in enumerate(zip(prompts, responses)):
+        with torch.no_grad():
+            hidden = lm.model(input_ids=torch.tensor([p + r])).last_hidden_state[0]
+            logits = lm.lm_head(hidden)
+        for h, token in enumerate(r):
+            want = torch.log_softmax(logits[len(p) - 1 + h] / 0.5, -1)[token]
+            assert out["logprobs_BL"][b, h].item() == pytest.approx(want.item(), rel=1e-9)
+        want_v = policy.value_head(hidden[len(p) + len(r) - 1])[0]
+        assert out["final_values_B"][b].item() == pytest.approx(want_v.item(), rel=1e-6)  # float32 values
