@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from endo_rl.rl import algorithms as A
-from endo_rl.rl import rewards as reward_mix
 
 T, F = True, False
 
@@ -131,16 +130,3 @@ def test_loss_is_invariant_to_micro_batching(agg):
         total += part.item()
     assert total == pytest.approx(full.item(), rel=1e-12)
     torch.testing.assert_close(grad_acc, grad_full, rtol=1e-12, atol=1e-15)
-
-
-def test_reward_mix_levels_and_extras():
-    endo = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 9.0]])
-    mask = torch.tensor([[T, T, T], [T, T, F]])
-    extra = torch.tensor([10.0, -1.0])
-    dense = reward_mix.token_rewards(endo, mask, 0.5, "token", extra)
-    torch.testing.assert_close(dense, torch.tensor([[0.5, 1.0, 11.5], [2.0, 1.5, 0.0]]))
-    seq = reward_mix.token_rewards(endo, mask, 0.5, "sequence", extra)
-    torch.testing.assert_close(seq, torch.tensor([[0.0, 0.0, 13.0], [0.0, 3.5, 0.0]]))
-    torch.testing.assert_close(dense.sum(-1), seq.sum(-1))
-    pen = reward_mix.length_penalty(torch.tensor([0, 5, 10]), max_new_tokens=10, weight=2.0)
-    torch.testing.assert_close(pen, torch.tensor([0.0, -1.0, -2.0]))

@@ -85,3 +85,23 @@ def test_the_graph_sees_lazy_imports():
     graph = import_graph()
     assert "endo_rl.generation.static" in graph["endo_rl.generation.sampling"]
     assert "endo_rl.core.errors" in graph["endo_rl.rl.trainer"]
+
+
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def test_files_and_functions_stay_small():
+    """STYLE.md: files under ~400 lines, functions under ~60. A unit past that holds two ideas."""
+    too_big = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        if source.count("\n") > MAX_FILE_LINES:
+            too_big.append(f"{path.relative_to(PACKAGE.parent)}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_big.append(
+                        f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}: {length} lines"
+                    )
+    assert not too_big, "\n".join(too_big)

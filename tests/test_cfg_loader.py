@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from endo_rl.core import config, config_loader
@@ -73,3 +75,35 @@ def test_bad_yaml_files_name_the_file(tmp_path):
     listing.write_text("- a\n- b\n")
     with pytest.raises(UserError, match="expected a mapping at the top level, got list"):
         config.load(listing)
+
+
+@pytest.mark.parametrize("old", sorted(config.MOVED_KEYS))
+def test_a_moved_key_is_an_error_naming_its_new_key(tmp_path, old):
+    new = config.MOVED_KEYS[old]
+    with pytest.raises(
+        UserError, match=rf"^config key '{old}' \(on the command line\) has moved: write '{new}'"
+    ):
+        config.load(None, [f"{old}=1"])
+    section, key = old.split(".")
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text(f"{section}:\n  {key}: 1\n")
+    with pytest.raises(UserError, match=rf"^config key '{old}' \(in {recipe}\) has moved: write '{new}'"):
+        config.load(recipe)
+    # the new key works, with the default's value
+    node = config_loader.to_dict(config.ExperimentConfig())
+    for part in new.split("."):
+        node = node[part]
+    tree = config_loader.to_dict(config.load(None, [f"{new}={json.dumps(node)}"]))
+    for part in new.split("."):
+        tree = tree[part]
+    assert tree == node
+
+
+def test_quickstart_recipes_get_the_same_message_for_a_moved_key():
+    from endo_rl.quickstart.config import load as load_quickstart
+
+    with pytest.raises(
+        UserError,
+        match=r"^config key 'rl.algo.lam' \(on the command line\) has moved: write 'rl.algo.ppo.lam'",
+    ):
+        load_quickstart(None, ["rl.algo.lam=0.9"])

@@ -55,7 +55,7 @@ def test_7b_recipes_fit_8_and_16_gpus_and_match_the_paper(name):
         and cfg.generation.max_new_tokens == 1024
     )
     if "ppo" in name:
-        assert cfg.algo.name == "ppo" and cfg.algo.gamma == 1.0 and cfg.reward.endogenous.level == "token"
+        assert cfg.algo.name == "ppo" and cfg.algo.ppo.gamma == 1.0 and cfg.reward.endogenous.level == "token"
 
 
 def test_tiny_gpu_runs_on_one_and_two_processes():

@@ -36,9 +36,12 @@ CASES: dict[str, tuple[list[str], str]] = {
     ),
     "unknown key with no close match": (
         ["train", RECIPE, "algo.zzz=1"],
-        "unknown config key 'algo.zzz'; valid keys: algo.clip_eps, algo.gamma, algo.group_size, "
-        "algo.kl_coef, algo.kl_mode, algo.lam, algo.loss_agg, algo.name, algo.ppo_epochs, "
-        "algo.scale_rewards, algo.value_clip, algo.vf_coef, algo.whiten_advantages",
+        "unknown config key 'algo.zzz'; valid keys: algo.clip_eps, algo.group_size, algo.grpo, "
+        "algo.kl_coef, algo.kl_mode, algo.loss_agg, algo.name, algo.ppo, algo.ppo_epochs",
+    ),
+    "a key that moved (command line)": (
+        ["train", RECIPE, "algo.gamma=0.9"],
+        "config key 'algo.gamma' (on the command line) has moved: write 'algo.ppo.gamma' instead",
     ),
     "float given a word": (["train", RECIPE, "train.lr=fast"], "config key 'train.lr': expected float, got str 'fast'"),
     "int given a float": (
@@ -145,7 +148,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     ),
     # --- bad numbers during training
     "NaN in the loss stops at step 1": (
-        ["train", RECIPE, "output_dir={tmp}/n1", "model.path={tiny}", "algo.vf_coef=.nan", "train.max_steps=1"],
+        ["train", RECIPE, "output_dir={tmp}/n1", "model.path={tiny}", "algo.ppo.vf_coef=.nan", "train.max_steps=1"],
         "non-finite values (NaN/Inf) in loss at step 1; set train.on_nonfinite=skip to skip such steps; "
         "last good checkpoint: (none)",
     ),

@@ -68,7 +68,7 @@ def test_nonfinite_gradients_stop_at_their_step_and_keep_the_last_checkpoint(tin
 
 
 def test_nonfinite_loss_is_named_as_the_loss(tiny_model_dir, tmp_path):
-    trainer = Trainer(tiny_cfg(tiny_model_dir, tmp_path, "algo.vf_coef=.nan"))
+    trainer = Trainer(tiny_cfg(tiny_model_dir, tmp_path, "algo.ppo.vf_coef=.nan"))
     with pytest.raises(NonFiniteError, match=r"^non-finite values \(NaN/Inf\) in loss at step 1;"):
         trainer.fit()
     assert checkpoint.complete_checkpoints(tmp_path) == []

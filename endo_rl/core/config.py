@@ -115,39 +115,63 @@ class GenerationConfig:
 
 
 @dataclass
+class PPOConfig:
+    gamma: float = 1.0
+    """Discount."""
+    lam: float = 0.95
+    """GAE lambda."""
+    value_clip: float = 0.2
+    """Value prediction clip range."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    whiten_advantages: bool = True
+    """Normalize advantages to mean 0, std 1 over the whole step (all ranks)."""
+
+
+@dataclass
+class GRPOConfig:
+    scale_rewards: bool = True
+    """Divide group-centred rewards by the group's std (false: Dr. GRPO)."""
+
+
+@dataclass
 class AlgoConfig:
     name: Literal["ppo", "grpo"] = "grpo"
-    """PPO with a value head and GAE, or GRPO with group-normalized rewards."""
+    """PPO with a value head and GAE (settings in algo.ppo), or GRPO with group-normalized rewards (algo.grpo)."""
     kl_coef: float = 0.01
     """KL penalty coefficient against the frozen reference."""
     kl_mode: Literal["reward", "loss"] = "reward"
     """KL as a per-token reward penalty, or as a loss term."""
-    gamma: float = 1.0
-    """Discount (PPO)."""
-    lam: float = 0.95
-    """GAE lambda (PPO)."""
     clip_eps: float = 0.2
     """Policy ratio clip range."""
-    value_clip: float = 0.2
-    """Value prediction clip range (PPO)."""
-    vf_coef: float = 0.5
-    """Value loss weight (PPO)."""
     group_size: int = 8
     """Responses sampled per prompt."""
     loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
     """Average the loss over all tokens, or per sequence then over sequences."""
-    scale_rewards: bool = True
-    """GRPO: divide group-centred rewards by the group's std (false: Dr. GRPO)."""
-    whiten_advantages: bool = True
-    """PPO: normalize advantages to mean 0, std 1 over the whole step (all ranks)."""
     ppo_epochs: int = 1
-    """Passes over each rollout batch; each pass is one optimizer step."""
+    """Passes over each rollout batch; each pass is one optimizer step (PPO and GRPO)."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """Used only when name=ppo."""
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    """Used only when name=grpo."""
 
     def __post_init__(self):
         if self.name == "grpo" and self.group_size < 2:
             raise UserError(f"config key 'algo.group_size' must be >= 2 for GRPO, got {self.group_size}")
         if self.group_size < 1 or self.ppo_epochs < 1:
             raise UserError("config keys 'algo.group_size' and 'algo.ppo_epochs' must be >= 1")
+
+    @property
+    def kl_in_reward(self) -> float:
+        """The coefficient of the KL penalty inside the reward: kl_coef with kl_mode=reward, else 0."""
+        return self.kl_coef if self.kl_mode == "reward" else 0.0
+
+
+MOVED_KEYS = {
+    **{f"algo.{k}": f"algo.ppo.{k}" for k in ("gamma", "lam", "value_clip", "vf_coef", "whiten_advantages")},
+    "algo.scale_rewards": "algo.grpo.scale_rewards",
+}
+"""Keys that moved (old -> new): using an old key is an error naming the new one."""
 
 
 @dataclass
@@ -263,6 +287,6 @@ def load(
 
     `world_size` (default: from the environment) is used to check the batch-size arithmetic.
     """
-    cfg = config_loader.load(ExperimentConfig, path, overrides)
+    cfg = config_loader.load(ExperimentConfig, path, overrides, MOVED_KEYS)
     check_batch_sizes(cfg, world_size_from_env() if world_size is None else world_size)
     return cfg

@@ -144,11 +144,40 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load(schema: type, path: str | Path | None = None, overrides: list[str] = ()) -> Any:
-    """YAML file (optional) + overrides -> validated instance of `schema`."""
+def check_moved_override(keys: list[str], moved: dict[str, str], where: str) -> None:
+    old = ".".join(keys)
+    if old in moved:
+        raise UserError(f"config key '{old}' ({where}) has moved: write '{moved[old]}' instead")
+
+
+def check_moved_tree(tree: Any, moved: dict[str, str], where: str) -> None:
+    """Raise for the first moved key present in a nested dict read from YAML."""
+    for old in moved:
+        node = tree
+        for part in old.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            check_moved_override(old.split("."), moved, where)
+
+
+def load(
+    schema: type,
+    path: str | Path | None = None,
+    overrides: list[str] = (),
+    moved: dict[str, str] | None = None,
+) -> Any:
+    """YAML file (optional) + overrides -> validated instance of `schema`.
+
+    `moved` maps old dotted keys to their new names; an old key is an error that names the new one.
+    """
+    moved = moved or {}
     tree = read_yaml(path) if path is not None else {}
+    check_moved_tree(tree, moved, f"in {path}")
     for text in overrides:
         keys, value = parse_override(text)
+        check_moved_override(keys, moved, "on the command line")
         _set_path(tree, keys, value, schema)
     return from_dict(schema, tree)
 

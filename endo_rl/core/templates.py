@@ -55,6 +55,18 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id that pads batches: the tokenizer's pad token, else its EOS, else its first stop token.
+
+    Only ever a filler: masks come from lengths, never from comparing ids with it (Qwen's pad id is its EOS).
+    """
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    return stop_token_ids(tokenizer)[0]
+
+
 def _qwen_cot(tokenizer, question: str) -> list[int]:
     if _token_id(tokenizer, "<|im_start|>") is None or _token_id(tokenizer, "<|im_end|>") is None:
         raise UserError(

@@ -164,7 +164,7 @@ def _generate_missing(
     chunks = [work[i : i + settings.batch_size] for i in range(0, len(work), settings.batch_size)]
     sampling = SamplingConfig(settings.max_new_tokens, settings.temperature, settings.top_p, top_k=0)
     stop_ids = templates.stop_token_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    pad_id = templates.pad_token_id(tokenizer)
     bar = tqdm(total=len(work), desc=f"{name}", unit="seq", disable=not settings.progress)
     for chunk in chunks:
         todo = [w for w in chunk if (name, *w) not in done]

@@ -13,6 +13,7 @@ from typing import Literal
 
 from endo_rl.core import config_loader
 from endo_rl.core.config import (
+    MOVED_KEYS,
     AlgoConfig,
     DataConfig,
     EndogenousRewardConfig,
@@ -97,11 +98,15 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Quickstar
     Both are laid over the quickstart defaults (`default_rl()` included), not over the bare `ExperimentConfig`
     defaults, so a recipe need only name what it changes. Unknown keys fail in `from_dict`, naming the key.
     """
+    moved = {f"rl.{old}": f"rl.{new}" for old, new in MOVED_KEYS.items()}
     tree = config_loader.to_dict(QuickstartConfig())
     if path is not None:
-        tree = _merge(tree, config_loader.read_yaml(path))
+        recipe = config_loader.read_yaml(path)
+        config_loader.check_moved_tree(recipe, moved, f"in {path}")
+        tree = _merge(tree, recipe)
     for text in overrides:
         keys, value = config_loader.parse_override(text)
+        config_loader.check_moved_override(keys, moved, "on the command line")
         patch: dict = {keys[-1]: value}
         for key in reversed(keys[:-1]):
             patch = {key: patch}

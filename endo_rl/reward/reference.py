@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from endo_rl.core import templates
 from endo_rl.core.batch import PackedBatch, pack
 from endo_rl.core.errors import UserError
 from endo_rl.reward import endogenous as reward
@@ -187,8 +188,7 @@ class ReferenceModel:
 
     @property
     def pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return self.tokenizer.eos_token_id if pad is None else pad
+        return templates.pad_token_id(self.tokenizer)
 
     @torch.no_grad()
     def score(

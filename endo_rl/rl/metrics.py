@@ -2,7 +2,7 @@
 
     reward/total        sum of the reward sources per response (KL penalty not included)
     reward/<source>     endogenous (unweighted sum of r_h), correctness (share correct), length_penalty
-    reward/kl_penalty   what kl_mode=reward subtracted per response (-kl_coef * sum k1)
+    reward/kl_penalty   what kl_mode=reward took from the reward per response (-kl_coef * sum k1)
     kl, entropy         per token, of the policy that sampled the rollout, against the reference
     loss, policy_loss, value_loss, kl_loss, clip_fraction, value_clip_fraction, grad_norm
                         the step's globally normalized values (mean over ppo_epochs)
@@ -22,22 +22,16 @@ from endo_rl.rl.rollout import Rollout
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
-def rollout_metrics(
-    rollout: Rollout, kl_penalty_B: torch.Tensor, reduce: Reduce
-) -> tuple[dict[str, float], float]:
-    """Sequence means over all processes -> (metrics, global token count)."""
+def rollout_metrics(rollout: Rollout, reduce: Reduce) -> tuple[dict[str, float], float]:
+    """Sequence means over all processes -> (metrics, global token count). Reward metrics are the parts
+    `rewards.compose_rewards` returned (`rollout.reward_parts_B`), not recomputed here."""
     lengths_B = rollout.mask_BL.sum(-1).double()
-    per_seq = {
-        "reward/total": rollout.rewards_BL.sum(-1).double() + kl_penalty_B.double(),
-        "reward/endogenous": rollout.endogenous_BL.sum(-1).double(),
-        "reward/kl_penalty": -kl_penalty_B.double(),
-        "response_length": lengths_B,
-        "truncation_rate": rollout.truncated_B.double(),
-    }
-    if rollout.correctness_B is not None:
-        per_seq["reward/correctness"] = rollout.correctness_B.double()
-    if rollout.length_penalty_B is not None:
-        per_seq["reward/length_penalty"] = rollout.length_penalty_B.double()
+    parts = rollout.reward_parts_B
+    per_seq = {f"reward/{name}": parts[name].double() for name in ("total", "endogenous", "kl_penalty")}
+    per_seq.update(response_length=lengths_B, truncation_rate=rollout.truncated_B.double())
+    for name in ("correctness", "length_penalty"):
+        if name in parts:
+            per_seq[f"reward/{name}"] = parts[name].double()
     local = [float(v.sum()) for v in per_seq.values()] + [float(lengths_B.sum()), float(lengths_B.numel())]
     total = reduce(torch.tensor(local, dtype=torch.float64)).tolist()
     n_tokens, n_seqs = total[-2], total[-1]

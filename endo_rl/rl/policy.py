@@ -6,7 +6,7 @@ applies the LM head to those only: the [B, T, V] logits over prompt tokens never
 
 Critic design: a linear value head V(s_h) = w . h_h + b on the policy's final hidden state (shared trunk, as in
 InstructGPT-style PPO implementations), initialised to zero so values start at 0. The value loss therefore
-also trains the trunk (or the LoRA adapter); `algo.vf_coef` sets its weight.
+also trains the trunk (or the LoRA adapter); `algo.ppo.vf_coef` sets its weight.
 
 Shape legend: B batch, T sequence, L response length, D hidden, V vocab, N response tokens in the batch.
 """

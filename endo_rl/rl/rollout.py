@@ -34,10 +34,10 @@ class Rollout:
     old_logprobs_BL: torch.Tensor | None = None
     """Policy log-probs at sampling time; None when the update is exactly on-policy (one pass, detach)."""
     old_values_BL: torch.Tensor | None = None
-    correctness_B: torch.Tensor | None = None
-    length_penalty_B: torch.Tensor | None = None
     rewards_BL: torch.Tensor | None = None
-    """Total token rewards, the KL penalty included when kl_mode=reward."""
+    """Total token rewards, the KL penalty included when kl_mode=reward (`rewards.compose_rewards`)."""
+    reward_parts_B: dict[str, torch.Tensor] | None = None
+    """Each reward source per sequence, as `rewards.compose_rewards` returned them (for the metrics)."""
     advantages_BL: torch.Tensor | None = None
     returns_BL: torch.Tensor | None = None
 

@@ -16,6 +16,7 @@ from endo_rl.core import models
 from endo_rl.core.config import ExperimentConfig
 from endo_rl.rl import distributed
 from endo_rl.rl.policy import PolicyModel
+from endo_rl.rl.rewards import RewardWeights
 
 
 @dataclass
@@ -34,9 +35,14 @@ def frozen(lm: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
 
 
 def build_models(
-    cfg: ExperimentConfig, tokenizer, device: torch.device | str, lm: torch.nn.Module | None = None
+    cfg: ExperimentConfig,
+    tokenizer,
+    device: torch.device | str,
+    lm: torch.nn.Module | None = None,
+    critic: bool = False,
 ) -> Models:
-    """The policy on CPU (accelerate places it); reference and reward models frozen on `device`."""
+    """The policy on CPU (accelerate places it) with a value head when `critic`; reference and reward models
+    frozen on `device`."""
     if lm is None:
         lm = models.load_causal_lm(cfg.model.path, cfg.model.gguf_file, cfg.model.dtype, "cpu")
     models.check_vocab(lm, tokenizer, "policy")
@@ -54,8 +60,21 @@ def build_models(
         lm.gradient_checkpointing_enable()
         if cfg.lora.enabled:  # frozen embeddings: the checkpointed blocks need an input that requires grad
             lm.enable_input_require_grads()
-    policy = PolicyModel(lm, value_head=cfg.algo.name == "ppo")
+    policy = PolicyModel(lm, value_head=critic)
     return Models(policy, reference_lm, reward_lm, base_copy)
+
+
+def reward_weights(cfg: ExperimentConfig) -> RewardWeights:
+    """The scalars of `rewards.compose_rewards`, from `reward.*`, `generation.max_new_tokens` and `algo.kl_*`."""
+    r = cfg.reward
+    return RewardWeights(
+        endogenous=r.endogenous.weight,
+        level=r.endogenous.level,
+        correctness=r.correctness.weight,
+        length_penalty=r.length_penalty.weight,
+        max_new_tokens=cfg.generation.max_new_tokens,
+        kl_coef=cfg.algo.kl_in_reward,
+    )
 
 
 def make_optimizer(

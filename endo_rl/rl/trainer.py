@@ -2,18 +2,18 @@
 
 One step, as `Trainer.train_step` reads:
 
-    prompts   = next prompts_per_step / world prompts, each repeated group_size times
-    rollout   = generate with the policy (ZeRO-3: parameters gathered once)
-                reference pass: ONE frozen forward -> reference log-probs (KL) + endogenous token rewards
-                policy pass (no grad): old log-probs (+ values for PPO)
-    rewards   = endogenous (token or sequence level) + correctness + length penalty [- kl_coef * k1]
-    advantage = GAE over token rewards (PPO) | group-normalized sequence rewards (GRPO)
-    update    = clipped policy loss [+ value loss] [+ kl_coef * k3], micro-batches with gradient accumulation,
-                normalized by the step's global token/sequence count, one optimizer step per epoch
-    log       = metrics.jsonl + wandb; checkpoint every train.save_every steps
+    prompts    = next prompts_per_step / world prompts, each repeated group_size times
+    rollout    = generate with the policy (ZeRO-3: parameters gathered once)
+                 reference pass: ONE frozen forward -> reference log-probs (KL) + endogenous token rewards
+                 policy pass (no grad): old log-probs (+ values with a critic)
+    score      = `rewards.compose_rewards`: endogenous + correctness + length penalty [- kl_coef * k1]
+    advantages = `advantages.ESTIMATORS[algo.name]`: GAE over token rewards (ppo) | group-normalized (grpo)
+    update     = `update.PolicyUpdate`: clipped policy loss [+ value loss] [+ kl_coef * k3], micro-batches with
+                 gradient accumulation, normalized by the step's global token/sequence count
+    log        = metrics.jsonl + wandb; checkpoint every train.save_every steps
 
-The math is in `algorithms` and `reward_mix`; accelerate/DeepSpeed/peft only in `distributed`; checkpoints in
-`checkpoint`; metrics in `run_log`. Use `run(cfg)` or `Trainer(cfg, ...).fit()`.
+The math is in `algorithms` and `rewards`; accelerate/DeepSpeed/peft only in `distributed`; checkpoints in
+`checkpoint`; metrics in `metrics` and `run_log`. Use `run(cfg)` or `Trainer(cfg, ...).fit()`.
 
 Shape legend: B sequences on this process, L longest response in the batch.
 """
@@ -31,19 +31,17 @@ from endo_rl.core import config_loader, models, templates
 from endo_rl.core.config import ExperimentConfig, check_batch_sizes, world_size_from_env
 from endo_rl.core.errors import UserError
 from endo_rl.generation.sampling import SamplingConfig, generate
-from endo_rl.rl import algorithms, checkpoint, distributed
+from endo_rl.rl import advantages, checkpoint, distributed, rewards
 from endo_rl.rl import metrics as step_metrics
-from endo_rl.rl import rewards as reward_mix
 from endo_rl.rl import rollout as rl
 from endo_rl.rl import setup as train_setup
 from endo_rl.rl.data import Prompt, PromptOrder, load_prompts
 from endo_rl.rl.evals import TrainEval
-from endo_rl.rl.policy import PolicyModel
+from endo_rl.rl.nonfinite import NonFiniteError, NonFiniteGuard
 from endo_rl.rl.run_log import RunLog
+from endo_rl.rl.update import PolicyUpdate
 
-
-class NonFiniteError(RuntimeError):
-    """NaN/Inf in rewards, advantages, loss or gradients with train.on_nonfinite=error."""
+__all__ = ["NonFiniteError", "Trainer", "run"]
 
 
 class Trainer:
@@ -56,13 +54,13 @@ class Trainer:
         tokenizer=None,
         prompts: list[Prompt] | None = None,
     ):
-        self.cfg = cfg
-        t = cfg.train
+        self.cfg, t = cfg, cfg.train
+        self.estimator = advantages.estimator(cfg.algo.name)
+        self.reward_weights = train_setup.reward_weights(cfg)
         local_sequences = t.prompts_per_step * cfg.algo.group_size // world_size_from_env()
-        self.accelerator = distributed.make_accelerator(
+        self.accelerator = acc = distributed.make_accelerator(
             local_sequences // t.micro_batch_size, t.micro_batch_size, t.max_grad_norm
         )
-        acc = self.accelerator
         check_batch_sizes(cfg, acc.num_processes)
         self.output_dir = (
             checkpoint.check_output_dir(cfg.output_dir, cfg.resume)
@@ -74,27 +72,14 @@ class Trainer:
         self.tokenizer = tokenizer or models.load_tokenizer(
             cfg.model.tokenizer or cfg.model.path, cfg.model.gguf_file
         )
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = self.tokenizer.eos_token_id if pad is None else pad
+        self.pad_id = templates.pad_token_id(self.tokenizer)
         self.stop_ids = templates.stop_token_ids(self.tokenizer)
-        endo = cfg.reward.endogenous
-        if prompts is None:
-            need_gold = cfg.reward.correctness.weight > 0
-            prompts = load_prompts(cfg.data, self.tokenizer, endo.system_prompt, need_gold)
-        if not prompts:
+        self.prompts = prompts if prompts is not None else self._load_prompts()
+        if not self.prompts:
             raise UserError("there are no training prompts")
-        self.prompts = prompts
         self.order = PromptOrder(len(self.prompts), cfg.seed)
-        with distributed.whole_weights_on_load(acc):
-            built = train_setup.build_models(cfg, self.tokenizer, acc.device, lm)
-        self.reference_lm, self.reward_lm = built.reference_lm, built.reward_lm
-        self._base_copy = built.base_copy
-        # on the device before the optimizer exists, so AdamW can use its fused CUDA kernel (no full-size
-        # temporaries in the step; accelerate would move it at prepare() anyway)
-        built.policy.to(acc.device)
-        optimizer, scheduler = train_setup.make_optimizer(cfg, built.policy)
-        self.model, self.optimizer, self.scheduler = acc.prepare(built.policy, optimizer, scheduler)
-        self.step, self.skipped_steps = 0, 0
+        self._build_models(lm)
+        self.step, self.guard = 0, NonFiniteGuard(acc, t.on_nonfinite)
         self.timings: dict[str, float] = {}
         self._resume()
         if acc.is_main_process:
@@ -113,6 +98,26 @@ class Trainer:
 
     # ----- set-up -----------------------------------------------------------------------------------------
 
+    def _load_prompts(self) -> list[Prompt]:
+        cfg = self.cfg
+        need_gold = cfg.reward.correctness.weight > 0
+        return load_prompts(cfg.data, self.tokenizer, cfg.reward.endogenous.system_prompt, need_gold)
+
+    def _build_models(self, lm: torch.nn.Module | None) -> None:
+        acc = self.accelerator
+        with distributed.whole_weights_on_load(acc):
+            built = train_setup.build_models(self.cfg, self.tokenizer, acc.device, lm, self.estimator.critic)
+        self.reference_lm, self.reward_lm = built.reference_lm, built.reward_lm
+        self._base_copy = built.base_copy
+        # on the device before the optimizer exists, so AdamW can use its fused CUDA kernel (no full-size
+        # temporaries in the step; accelerate would move it at prepare() anyway)
+        built.policy.to(acc.device)
+        optimizer, scheduler = train_setup.make_optimizer(self.cfg, built.policy)
+        self.model, self.optimizer, self.scheduler = acc.prepare(built.policy, optimizer, scheduler)
+        self.update = PolicyUpdate(
+            self.cfg, acc, self.model, self.optimizer, self.scheduler, critic=self.estimator.critic
+        )
+
     def _resume(self) -> None:
         if not self.cfg.resume:
             return
@@ -123,9 +128,14 @@ class Trainer:
             )
             return
         state = checkpoint.load(self.accelerator, path)
-        self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+        self.step, self.guard.skipped_steps = state["step"], state["skipped_steps"]
         self.order.load_state_dict(state["data"])
         self.accelerator.print(f"resumed from {path} (step {self.step})")
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for NaN/Inf so far (train.on_nonfinite=skip)."""
+        return self.guard.skipped_steps
 
     # ----- the loop ---------------------------------------------------------------------------------------
 
@@ -154,19 +164,7 @@ class Trainer:
                     self.save()
         if cfg.eval.after:
             self._log(self.step, self.evals.run("after", self.model, acc))
-        final = checkpoint.export_final(
-            acc,
-            self.model,
-            self.output_dir / "final",
-            self.tokenizer,
-            cfg.lora.save if cfg.lora.enabled else None,
-            self._load_base,
-        )
-        if self.log is not None:
-            self.log.close()
-        if self.grader is not None:
-            self.grader.close()
-        return final
+        return self._finish()
 
     def train_step(self) -> dict[str, float]:
         """generate -> score -> advantages -> update; returns this step's metrics (same on every process)."""
@@ -174,13 +172,14 @@ class Trainer:
         prompts = self._next_prompts()
         with distributed.gathered_for_generation(self.model, self.accelerator) as policy:
             rollout = self.collect(policy, prompts)
-        self.assign_rewards(rollout, prompts)
+        self.score(rollout, prompts)
         self.assign_advantages(rollout)
-        if self._nonfinite({"rewards": rollout.rewards_BL, "advantages": rollout.advantages_BL}):
-            update = {}
-        else:
+        update = {}
+        if not self.guard.bad(
+            {"rewards": rollout.rewards_BL, "advantages": rollout.advantages_BL}, self.step + 1
+        ):
             with self._timed("update"):
-                update = self.update(rollout)
+                update = self.update(rollout, self.pad_id, self.guard, self.step + 1)
         return self._metrics(rollout, update, time.perf_counter() - start)
 
     @contextlib.contextmanager
@@ -201,9 +200,9 @@ class Trainer:
         return [self.prompts[i] for i in rows for _ in range(self.cfg.algo.group_size)]
 
     @torch.no_grad()
-    def collect(self, policy: PolicyModel, prompts: list[Prompt]) -> rl.Rollout:
-        cfg, mbs = self.cfg, self.cfg.train.micro_batch_size
-        g = cfg.generation
+    def collect(self, policy, prompts: list[Prompt]) -> rl.Rollout:
+        """Sample responses, then the no-grad passes: reference (KL, endogenous rewards) and old policy."""
+        g = self.cfg.generation
         prompt_ids = [p.prompt_ids for p in prompts]
         with self._timed("generate"):
             completions = generate(
@@ -217,17 +216,8 @@ class Trainer:
                 backend=g.backend,
             )
         response_ids = [c.token_ids for c in completions]
-        endo = cfg.reward.endogenous
         with self._timed("reference"), self._reference(policy) as ref_lm:
-            ref_logprobs_BL, endogenous_BL = rl.reference_pass(
-                ref_lm, prompt_ids, response_ids, self.pad_id, endo.alpha, mbs
-            )
-            if endo.system_prompt is not None or self.reward_lm is not None:
-                # a second forward, for the reward only: another model and/or the reward model's own prompt
-                reward_prompt_ids = [p.reward_prompt_ids or p.prompt_ids for p in prompts]
-                _, endogenous_BL = rl.reference_pass(
-                    self.reward_lm or ref_lm, reward_prompt_ids, response_ids, self.pad_id, endo.alpha, mbs
-                )
+            ref_logprobs_BL, endogenous_BL = self._reference_pass(ref_lm, prompts, response_ids)
         rollout = rl.Rollout(
             prompt_ids,
             response_ids,
@@ -239,176 +229,72 @@ class Trainer:
         if self._needs_old_pass():
             with self._timed("old_logprobs"):
                 old = rl.policy_pass(
-                    policy, self.accelerator.device, prompt_ids, response_ids, self.pad_id, mbs
+                    policy,
+                    self.accelerator.device,
+                    prompt_ids,
+                    response_ids,
+                    self.pad_id,
+                    self.cfg.train.micro_batch_size,
                 )
             rollout.old_logprobs_BL = old["logprobs_BL"]
             rollout.old_values_BL = old.get("values_BL")
         return rollout
 
-    def _reference(self, policy: PolicyModel) -> contextlib.AbstractContextManager:
+    def _reference_pass(
+        self, ref_lm: torch.nn.Module, prompts: list[Prompt], response_ids: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reference log-probs on the policy's prompt, endogenous token rewards)."""
+        endo, mbs, prompt_ids = (
+            self.cfg.reward.endogenous,
+            self.cfg.train.micro_batch_size,
+            [p.prompt_ids for p in prompts],
+        )
+        ref_logprobs_BL, endogenous_BL = rl.reference_pass(
+            ref_lm, prompt_ids, response_ids, self.pad_id, endo.alpha, mbs
+        )
+        if endo.system_prompt is not None or self.reward_lm is not None:
+            # a second forward, for the reward only: another model and/or the reward model's own prompt
+            reward_prompt_ids = [p.reward_prompt_ids or p.prompt_ids for p in prompts]
+            _, endogenous_BL = rl.reference_pass(
+                self.reward_lm or ref_lm, reward_prompt_ids, response_ids, self.pad_id, endo.alpha, mbs
+            )
+        return ref_logprobs_BL, endogenous_BL
+
+    def _reference(self, policy) -> contextlib.AbstractContextManager:
         if self.reference_lm is not None:
             return contextlib.nullcontext(self.reference_lm)
         return _yield_after(distributed.adapter_disabled(policy.lm), policy.lm)
 
     def _needs_old_pass(self) -> bool:
-        """PPO needs values; several epochs need fixed old log-probs; the k1 reward penalty needs log-probs."""
-        a = self.cfg.algo
-        return a.name == "ppo" or a.ppo_epochs > 1 or (a.kl_mode == "reward" and a.kl_coef > 0)
+        """A critic needs values; several epochs need fixed old log-probs; the k1 reward penalty needs log-probs."""
+        return self.estimator.critic or self.cfg.algo.ppo_epochs > 1 or self.reward_weights.kl_coef > 0
 
-    def assign_rewards(self, rollout: rl.Rollout, prompts: list[Prompt]) -> None:
-        r, mask = self.cfg.reward, rollout.mask_BL
-        extra_B = torch.zeros(mask.shape[0])
+    def score(self, rollout: rl.Rollout, prompts: list[Prompt]) -> None:
+        """Grade the responses (when correctness counts), then compose the token rewards and their parts."""
+        correct_B = None
         if self.grader is not None:
             texts = self.tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-            rollout.correctness_B = torch.tensor(
-                [float(self.grader.grade(p.gold, text).correct) for p, text in zip(prompts, texts)]
+            correct_B = torch.tensor(
+                [float(self.grader.grade(p.gold, t).correct) for p, t in zip(prompts, texts)]
             )
-            extra_B += r.correctness.weight * rollout.correctness_B
-        if r.length_penalty.weight > 0:
-            rollout.length_penalty_B = reward_mix.length_penalty(
-                mask.sum(-1), self.cfg.generation.max_new_tokens, r.length_penalty.weight
-            )
-            extra_B += rollout.length_penalty_B
-        rewards_BL = reward_mix.token_rewards(
-            rollout.endogenous_BL, mask, r.endogenous.weight, r.endogenous.level, extra_B
+        rollout.rewards_BL, rollout.reward_parts_B = rewards.compose_rewards(
+            self.reward_weights,
+            rollout.mask_BL,
+            rollout.endogenous_BL,
+            correct_B,
+            rollout.old_logprobs_BL,
+            rollout.ref_logprobs_BL,
         )
-        a = self.cfg.algo
-        if a.kl_mode == "reward" and a.kl_coef > 0:
-            kl_BL = algorithms.kl_penalty(rollout.old_logprobs_BL, rollout.ref_logprobs_BL, "k1")
-            rewards_BL = rewards_BL - a.kl_coef * torch.where(mask, kl_BL, 0.0)
-        rollout.rewards_BL = rewards_BL
 
     def assign_advantages(self, rollout: rl.Rollout) -> None:
-        a, mask = self.cfg.algo, rollout.mask_BL
-        if a.name == "ppo":
-            adv_BL, rollout.returns_BL = algorithms.gae(
-                rollout.rewards_BL, rollout.old_values_BL, mask, a.gamma, a.lam
-            )
-            if a.whiten_advantages:
-                moments = distributed.sum_over_ranks(
-                    self.accelerator, algorithms.masked_moments(adv_BL, mask)
-                )
-                adv_BL = algorithms.whiten(adv_BL, mask, moments)
-        else:
-            adv_B = algorithms.grpo_advantages(rollout.rewards_BL.sum(-1), a.group_size, a.scale_rewards)
-            adv_BL = torch.where(mask, adv_B[:, None], 0.0)
-        rollout.advantages_BL = adv_BL
+        """Advantages (and returns, with a critic) from the estimator of `algo.name`."""
 
-    def update(self, rollout: rl.Rollout) -> dict[str, float]:
-        """ppo_epochs optimizer steps over the rollout, each accumulating gradients over micro-batches."""
-        cfg, acc = self.cfg, self.accelerator
-        mask = rollout.mask_BL
-        tokens = distributed.sum_over_ranks(acc, mask.sum().double()).item()
-        denominator = (
-            tokens if cfg.algo.loss_agg == "token_mean" else cfg.train.prompts_per_step * cfg.algo.group_size
+        def reduce(x: torch.Tensor) -> torch.Tensor:
+            return distributed.sum_over_ranks(self.accelerator, x)
+
+        rollout.advantages_BL, rollout.returns_BL = self.estimator.advantages(
+            rollout.rewards_BL, rollout.old_values_BL, rollout.mask_BL, self.cfg.algo, reduce
         )
-        # accelerate divides each loss by the accumulation steps and DDP/DeepSpeed average over processes:
-        # undo both, so the gradient is that of the globally normalized loss
-        scale = acc.num_processes * acc.gradient_accumulation_steps
-        sums: dict[str, torch.Tensor] = {}
-        skipped = False
-        for epoch in range(cfg.algo.ppo_epochs):
-            for rows in rl.micro_batches(mask.shape[0], cfg.train.micro_batch_size):
-                with acc.accumulate(self.model):
-                    if skipped:
-                        continue
-                    losses = self._micro_batch_losses(
-                        rollout, rows, denominator, sums, first_epoch=epoch == 0
-                    )
-                    if self._nonfinite({"loss": losses["loss"]}):
-                        skipped = True
-                        continue
-                    acc.backward(losses["loss"] * scale)
-            skipped = self._optimizer_step(sums, skipped)
-        n = cfg.algo.ppo_epochs
-        stats = {k: v.item() / n for k, v in sums.items() if not k.startswith("first/")}
-        stats.update({k.removeprefix("first/"): v.item() for k, v in sums.items() if k.startswith("first/")})
-        return stats
-
-    def _micro_batch_losses(
-        self, rollout: rl.Rollout, rows: slice, denominator: float, sums: dict, first_epoch: bool
-    ) -> dict[str, torch.Tensor]:
-        """Forward one micro-batch; add its globally normalized loss terms to `sums` (local values)."""
-        a, device = self.cfg.algo, self.accelerator.device
-        batch = rl.packed(rollout.prompt_ids, rollout.response_ids, rows, self.pad_id, device)
-        out = self.model(**vars(batch))
-        mask, width = batch.response_mask_BL, batch.response_mask_BL.shape[1]
-
-        def cut(x_BL: torch.Tensor) -> torch.Tensor:
-            return x_BL[rows, :width].to(device)
-
-        logprobs_BL = out["logprobs_BL"]
-        old_BL = cut(rollout.old_logprobs_BL) if rollout.old_logprobs_BL is not None else logprobs_BL.detach()
-        pg_loss, clip_frac = algorithms.policy_loss(
-            logprobs_BL, old_BL, cut(rollout.advantages_BL), mask, a.clip_eps, a.loss_agg, denominator
-        )
-        terms = {"policy_loss": pg_loss, "clip_fraction": clip_frac * mask.sum() / denominator}
-        loss = pg_loss
-        if a.name == "ppo":
-            v_loss, v_clip = algorithms.value_loss(
-                out["values_BL"],
-                cut(rollout.old_values_BL),
-                cut(rollout.returns_BL),
-                mask,
-                a.value_clip,
-                a.loss_agg,
-                denominator,
-            )
-            loss = loss + a.vf_coef * v_loss
-            terms.update(value_loss=v_loss, value_clip_fraction=v_clip * mask.sum() / denominator)
-        ref_BL = cut(rollout.ref_logprobs_BL)
-        if a.kl_mode == "loss":
-            kl_loss = algorithms.aggregate(
-                algorithms.kl_penalty(logprobs_BL, ref_BL, "k3"), mask, a.loss_agg, denominator
-            )
-            loss = loss + a.kl_coef * kl_loss
-            terms["kl_loss"] = kl_loss
-        terms["loss"] = loss
-        if first_epoch:  # diagnostics of the policy that sampled the rollout (token sums, divided later)
-            terms["first/kl_sum"] = algorithms.masked_sum(
-                algorithms.kl_penalty(logprobs_BL.detach(), ref_BL, "k1"), mask
-            )
-            terms["first/entropy_sum"] = algorithms.masked_sum(out["entropy_BL"], mask)
-        for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + value.detach().double().cpu()
-        return terms
-
-    def _optimizer_step(self, sums: dict, skipped: bool) -> bool:
-        """Clip, check gradients, step. Returns whether this step was skipped (gradients thrown away)."""
-        acc = self.accelerator
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
-        # DeepSpeed may not report a norm (None): nothing to check then, and the metric is NaN
-        known = grad_norm is not None
-        grad_norm = torch.as_tensor(grad_norm if known else float("nan"), dtype=torch.float64).cpu()
-        if not skipped and known:
-            skipped = self._nonfinite({"gradients": grad_norm}, undoable=not distributed.is_deepspeed(acc))
-        sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
-        if not skipped:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return skipped
-
-    def _nonfinite(self, tensors: dict[str, torch.Tensor], undoable: bool = True) -> bool:
-        """True (on every process) when any tensor holds NaN/Inf and on_nonfinite=skip; raises for error."""
-        bad = [name for name, x in tensors.items() if x is not None and not torch.isfinite(x).all()]
-        if not distributed.any_rank(self.accelerator, bool(bad)):
-            return False
-        where = ", ".join(bad) or "another process's values"
-        if self.cfg.train.on_nonfinite == "error" or not undoable:
-            raise NonFiniteError(
-                f"non-finite values (NaN/Inf) in {where} at step {self.step + 1}; "
-                + (
-                    "set train.on_nonfinite=skip to skip such steps"
-                    if undoable
-                    else "under DeepSpeed the step cannot be undone"
-                )
-            )
-        self.skipped_steps += 1
-        self.accelerator.print(
-            f"step {self.step + 1}: non-finite {where}; step skipped ({self.skipped_steps} so far)"
-        )
-        return True
 
     # ----- metrics, checkpoints ---------------------------------------------------------------------------
 
@@ -416,7 +302,7 @@ class Trainer:
         def reduce(x: torch.Tensor) -> torch.Tensor:
             return distributed.sum_over_ranks(self.accelerator, x)
 
-        metrics, n_tokens = step_metrics.rollout_metrics(rollout, self._kl_penalty_B(rollout), reduce)
+        metrics, n_tokens = step_metrics.rollout_metrics(rollout, reduce)
         metrics.update(step_metrics.update_metrics(update, n_tokens, self.accelerator.num_processes, reduce))
         metrics.update(
             lr=self.scheduler.get_last_lr()[0],
@@ -427,14 +313,6 @@ class Trainer:
         )
         return metrics
 
-    def _kl_penalty_B(self, rollout: rl.Rollout) -> torch.Tensor:
-        """What assign_rewards subtracted for KL, per sequence (added back for the task reward metric)."""
-        a = self.cfg.algo
-        if not (a.kl_mode == "reward" and a.kl_coef > 0):
-            return torch.zeros(rollout.mask_BL.shape[0])
-        kl_BL = algorithms.kl_penalty(rollout.old_logprobs_BL, rollout.ref_logprobs_BL, "k1")
-        return a.kl_coef * torch.where(rollout.mask_BL, kl_BL, 0.0).sum(-1)
-
     def _log(self, step: int, metrics: dict[str, float]) -> None:
         if self.log is not None and metrics:
             self.log.log(step, metrics)
@@ -443,8 +321,22 @@ class Trainer:
         state = {"skipped_steps": self.skipped_steps, "data": self.order.state_dict()}
         return checkpoint.save(self.accelerator, self.output_dir, self.step, state, self.cfg.train.keep_last)
 
-    def _load_base(self) -> torch.nn.Module:
-        return train_setup.load_base(self.cfg, self._base_copy)
+    def _finish(self) -> Path:
+        """Export OUTPUT_DIR/final, close the log and the grader."""
+        cfg = self.cfg
+        final = checkpoint.export_final(
+            self.accelerator,
+            self.model,
+            self.output_dir / "final",
+            self.tokenizer,
+            cfg.lora.save if cfg.lora.enabled else None,
+            lambda: train_setup.load_base(cfg, self._base_copy),
+        )
+        if self.log is not None:
+            self.log.close()
+        if self.grader is not None:
+            self.grader.close()
+        return final
 
 
 @contextlib.contextmanager

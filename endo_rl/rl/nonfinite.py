@@ -1,0 +1,42 @@
+"""NaN/Inf checks of a training step: stop with a message naming what went bad, or skip the step and count it.
+
+The decision is taken on every process together (`any_rank`), so all processes skip the same steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from endo_rl.rl import distributed
+
+
+class NonFiniteError(RuntimeError):
+    """NaN/Inf in rewards, advantages, loss or gradients with train.on_nonfinite=error."""
+
+
+class NonFiniteGuard:
+    def __init__(self, accelerator, on_nonfinite: str, skipped_steps: int = 0):
+        self.accelerator, self.on_nonfinite, self.skipped_steps = accelerator, on_nonfinite, skipped_steps
+
+    def bad(self, tensors: dict[str, torch.Tensor | None], step: int, undoable: bool = True) -> bool:
+        """True (on every process) when any tensor holds NaN/Inf and on_nonfinite=skip; raises for error.
+
+        `step` is the 1-based number of the step being computed; `undoable=False` (a DeepSpeed step that has
+        already changed the weights) always raises.
+        """
+        bad = [name for name, x in tensors.items() if x is not None and not torch.isfinite(x).all()]
+        if not distributed.any_rank(self.accelerator, bool(bad)):
+            return False
+        where = ", ".join(bad) or "another process's values"
+        if self.on_nonfinite == "error" or not undoable:
+            raise NonFiniteError(
+                f"non-finite values (NaN/Inf) in {where} at step {step}; "
+                + (
+                    "set train.on_nonfinite=skip to skip such steps"
+                    if undoable
+                    else "under DeepSpeed the step cannot be undone"
+                )
+            )
+        self.skipped_steps += 1
+        self.accelerator.print(f"step {step}: non-finite {where}; step skipped ({self.skipped_steps} so far)")
+        return True
