@@ -102,7 +102,9 @@ class GenerationConfig:
     max_new_tokens: int = 1024
     """Response length limit; longer responses are truncated and counted."""
     temperature: float = 1.0
-    """Sampling temperature for rollouts (rewards and log-probs always use the raw logits)."""
+    """Sampling temperature for rollouts. The policy's log-probs (old and new) and the KL use softmax(z / T), the
+    distribution that sampled; the endogenous reward always uses the reference's raw logits (T = 1).
+    0: greedy rollouts (debugging, e.g. equal rollouts on 1 and 2 GPUs); the loss then uses T = 1."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
     top_k: int = 0
@@ -112,6 +114,15 @@ class GenerationConfig:
     backend: Literal["auto", "hf", "static"] = "auto"
     """hf: transformers' generate; static: static KV cache + CUDA graphs (Llama/Qwen2-style models);
     auto: static on CUDA when the model supports it, else hf."""
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise UserError(f"config key 'generation.temperature' must be >= 0, got {self.temperature}")
+
+    @property
+    def loss_temperature(self) -> float:
+        """The T of softmax(z / T) in the policy's log-probs and the KL: the sampling temperature (1 if greedy)."""
+        return self.temperature if self.temperature > 0 else 1.0
 
 
 @dataclass
@@ -149,7 +160,11 @@ class AlgoConfig:
     loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
     """Average the loss over all tokens, or per sequence then over sequences."""
     ppo_epochs: int = 1
-    """Passes over each rollout batch; each pass is one optimizer step (PPO and GRPO)."""
+    """Passes over each rollout batch; each pass is one optimizer step per mini-batch (train.mini_batch_size)."""
+    truncation: Literal["auto", "terminal", "bootstrap", "mask"] = "auto"
+    """A response cut at generation.max_new_tokens: terminal (treated as ended), bootstrap (a time limit: the
+    reward and the critic's value continue past the cut; needs a critic, i.e. ppo), mask (left out of the loss,
+    as DAPO). auto: bootstrap with a critic, else mask. Reasons in endo_rl/rl/truncation.py."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """Used only when name=ppo."""
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -180,8 +195,12 @@ class TrainConfig:
     """RL steps (one rollout batch each)."""
     prompts_per_step: int = 8
     """Prompts per step (global); each gets `algo.group_size` responses."""
+    mini_batch_size: int | None = None
+    """Sequences per optimizer step (global, all processes): the step's prompts_per_step x group_size sequences
+    are split into mini-batches in order, one optimizer step each, with the rollout-time log-probs held fixed
+    (PPO as in verl/OpenRLHF: the ratio leaves 1 and the clip binds). None: the whole rollout, one step."""
     micro_batch_size: int = 8
-    """Sequences per forward/backward pass (gradient accumulation covers the rest)."""
+    """Sequences per forward/backward pass (gradient accumulation covers the rest of a mini-batch)."""
     lr: float = 1e-6
     """Peak learning rate (AdamW)."""
     value_head_lr: float | None = None
@@ -189,7 +208,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_steps: int = 0
-    """Linear warm-up steps."""
+    """Linear warm-up, in optimizer steps (ppo_epochs x mini-batches of them per RL step)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
     save_every: int = 0
@@ -200,6 +219,10 @@ class TrainConfig:
     """NaN/Inf in rewards, advantages, loss or gradients: stop, or skip the batch and count it."""
 
     def __post_init__(self):
+        if self.mini_batch_size is not None and self.mini_batch_size < 1:
+            raise UserError(
+                f"config key 'train.mini_batch_size' must be >= 1 or null, got {self.mini_batch_size}"
+            )
         for key in ("max_steps", "prompts_per_step", "micro_batch_size", "keep_last"):
             if getattr(self, key) < 1:
                 raise UserError(f"config key 'train.{key}' must be >= 1, got {getattr(self, key)}")
@@ -259,7 +282,7 @@ class ExperimentConfig:
 
 
 def check_batch_sizes(cfg: ExperimentConfig, world_size: int) -> None:
-    """Every rank gets whole prompt groups and a whole number of micro-batches; the message shows the numbers."""
+    """Every rank gets whole prompt groups and whole mini- and micro-batches; the message shows the numbers."""
     t, group = cfg.train, cfg.algo.group_size
     if t.prompts_per_step % world_size:
         raise UserError(
@@ -273,6 +296,19 @@ def check_batch_sizes(cfg: ExperimentConfig, world_size: int) -> None:
             f"per step is not divisible by world size x train.micro_batch_size = {world_size} x "
             f"{t.micro_batch_size} = {world_size * t.micro_batch_size}"
         )
+    mini = t.mini_batch_size
+    if mini is not None and (sequences % mini or mini % (world_size * t.micro_batch_size)):
+        raise UserError(
+            f"train.mini_batch_size={mini} must divide the {sequences} sequences per step (train.prompts_per_step "
+            f"x algo.group_size = {t.prompts_per_step} x {group}) and be a multiple of world size x "
+            f"train.micro_batch_size = {world_size} x {t.micro_batch_size} = {world_size * t.micro_batch_size}"
+        )
+
+
+def local_mini_batch(cfg: ExperimentConfig, world_size: int) -> int:
+    """Sequences per optimizer step on one process (the whole local rollout when train.mini_batch_size is None)."""
+    t = cfg.train
+    return (t.mini_batch_size or t.prompts_per_step * cfg.algo.group_size) // world_size
 
 
 def world_size_from_env() -> int:
