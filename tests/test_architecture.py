@@ -105,3 +105,18 @@ def test_files_and_functions_stay_small():
                         f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}: {length} lines"
                     )
     assert not too_big, "\n".join(too_big)
+
+
+# the CLI subcommand protocol, and load/save (of a config, a checkpoint): the same verb on different things
+SHARED_NAMES = {"add_arguments", "run", "main", "load", "save"}
+
+
+def test_each_public_name_is_defined_once():
+    """A class or function name means one thing across the package (no two `EvalSettings` or `Problem`)."""
+    where: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                where.setdefault(node.name, []).append(str(path.relative_to(PACKAGE.parent)))
+    repeated = {name: paths for name, paths in where.items() if len(paths) > 1 and name not in SHARED_NAMES}
+    assert not repeated, repeated

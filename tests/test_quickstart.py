@@ -14,7 +14,7 @@ import pytest
 
 from endo_rl.core.errors import UserError
 from endo_rl.quickstart import config as qs_config
-from endo_rl.quickstart.task import Problem, extract_answer, is_correct, make_splits, sample_set
+from endo_rl.quickstart.task import AdditionProblem, extract_answer, is_correct, make_splits, sample_set
 from endo_rl.quickstart.tokenizer import SYMBOLS, build_tokenizer, encode, save_and_reload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_trace_is_step_by_step_and_ends_in_the_boxed_answer():
-    p = Problem((31, 5, 72, 17))
+    p = AdditionProblem((31, 5, 72, 17))
     assert p.horizon == 3
     assert p.prompt == "31+5+72+17="
     assert p.trace == "31+5=36;36+72=108;108+17=125;\\boxed{125}"
@@ -34,7 +34,7 @@ def test_trace_is_step_by_step_and_ends_in_the_boxed_answer():
 def test_every_trace_step_is_right_by_brute_force():
     rng = random.Random(0)
     for _ in range(200):
-        p = Problem(tuple(rng.randint(0, 99) for _ in range(rng.randint(2, 7))))
+        p = AdditionProblem(tuple(rng.randint(0, 99) for _ in range(rng.randint(2, 7))))
         steps = p.trace.split(";")[:-1]
         assert len(steps) == p.horizon
         total = p.operands[0]
@@ -63,7 +63,7 @@ def test_extract_answer(response, answer):
 
 
 def test_wrong_answer_is_wrong_even_with_a_right_trace_prefix():
-    p = Problem((1, 2, 3))
+    p = AdditionProblem((1, 2, 3))
     assert not is_correct("1+2=3;3+3=6;\\boxed{7}", p)
     assert not is_correct("1+2=3;3+3=6;", p)
 
@@ -93,7 +93,7 @@ def test_asking_for_more_distinct_problems_than_exist_is_an_error():
 
 def test_tokenizer_round_trip_one_token_per_character():
     tok = build_tokenizer()
-    p = Problem((31, 5, 72, 17))
+    p = AdditionProblem((31, 5, 72, 17))
     text = p.prompt + p.trace
     ids = encode(tok, text)
     assert len(ids) == len(text) and len(set(ids)) == len(set(text))
@@ -110,7 +110,7 @@ def test_tokenizer_loads_back_the_same_next_to_a_qwen2_config(tmp_path):
     save_model(tiny_qwen2(built, PretrainConfig(hidden=32, layers=1), seed=0), tmp_path)
     loaded = save_and_reload(tmp_path)
     assert len(loaded) == len(built)  # loading must not add a token the model has no row for
-    p = Problem((31, 5, 72, 17))
+    p = AdditionProblem((31, 5, 72, 17))
     for text in (p.prompt, p.trace, "".join(SYMBOLS)):
         assert loaded(text, add_special_tokens=True).input_ids == encode(built, text)  # `plain` adds nothing
         assert loaded.decode(encode(built, text)) == text
@@ -200,7 +200,7 @@ TINY = [
     "pretrain.batch_size=16",
     "pretrain.hidden=32",
     "eval.samples=2",
-    "eval.curve_every=1",
+    "rl.eval.every=1",
     "eval.curve_problems=2",
     "rl.train.max_steps=2",
     "rl.train.prompts_per_step=2",

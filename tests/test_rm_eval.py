@@ -12,13 +12,13 @@ import pytest
 import torch
 from conftest import BENCHMARKS, REPO, make_tiny_qwen
 
-from endo_rl.commands.rm_eval import load_system_prompts
 from endo_rl.core.errors import UserError
 from endo_rl.reward import text as scoring
 from endo_rl.reward.reference import ReferenceModel
 from endo_rl.rm_eval import data as rm_data
 from endo_rl.rm_eval import judges as rm_methods
 from endo_rl.rm_eval import metrics as rm_eval
+from endo_rl.rm_eval.run import load_system_prompts
 
 RM_BENCH = BENCHMARKS / "rm_bench"
 

@@ -226,3 +226,30 @@ def test_eval_before_and_after_are_logged_and_compared(tiny_model_dir, tmp_path)
     assert (tmp_path / "eval" / "before" / "report.json").is_file()
     assert (tmp_path / "eval" / "after" / "report.json").is_file()
     assert (tmp_path / "eval" / "comparison.png").is_file()
+
+
+def test_eval_every_logs_step_0_every_n_steps_and_the_last_without_changing_training(
+    tiny_model_dir, tmp_path
+):
+    """eval.every=2 over 3 steps: evaluations at steps 0, 2 and 3 (the last), each logged with its step and
+    saved under eval/step-N; the training metrics are those of the same run without evaluations (forked RNG)."""
+    evals = [
+        "eval.every=2",
+        "eval.benchmarks=[math500]",
+        f"eval.data_dir={BENCHMARKS}",
+        "eval.limit=1",
+        "eval.max_new_tokens=4",
+    ]
+    common = ["train.max_steps=3", "train.save_every=0"]
+    run(tiny_cfg(tiny_model_dir, tmp_path / "plain", *common))
+    run(tiny_cfg(tiny_model_dir, tmp_path / "evals", *common, *evals))
+    plain, with_evals = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("plain", "evals"))
+    assert [(r["step"], "eval/math500/accuracy" in r) for r in with_evals] == [
+        (0, True),
+        (1, False),
+        (2, True),
+        (3, True),
+    ]
+    assert sorted(p.name for p in (tmp_path / "evals" / "eval").iterdir()) == ["step-0", "step-2", "step-3"]
+    for a, b in zip(plain, with_evals[1:]):
+        assert a["loss"] == b["loss"] and a["reward/total"] == b["reward/total"]

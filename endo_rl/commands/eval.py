@@ -13,29 +13,42 @@ from endo_rl.core.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `EvalSettings`, with its defaults (not restated here), plus model and file paths."""
     from endo_rl.core.templates import TEMPLATES
-    from endo_rl.evaluation.benchmarks import PAPER_BENCHMARKS, SPECS
+    from endo_rl.evaluation.benchmarks import SPECS
+    from endo_rl.evaluation.evaluator import EvalSettings
 
+    d = EvalSettings()
     p.add_argument("--model", default=None, help="model directory, .gguf file, or Hub id")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (a directory)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    p.add_argument("--benchmarks", default=",".join(d.benchmarks), help=f"comma list of {', '.join(SPECS)}")
     p.add_argument(
-        "--benchmarks", default=",".join(PAPER_BENCHMARKS), help=f"comma list of {', '.join(SPECS)}"
+        "--data-dir", default=d.data_dir, help="directory with <benchmark>/test.jsonl (default: Hub datasets)"
     )
+    p.add_argument("--template", default=d.template, help=f"one of {', '.join(TEMPLATES)}")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"default {d.max_new_tokens}")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=d.top_p, help=f"default {d.top_p}")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off (default)")
     p.add_argument(
-        "--data-dir", default=None, help="directory with <benchmark>/test.jsonl (default: Hub datasets)"
+        "--n-samples",
+        type=int,
+        default=d.n_samples,
+        help="samples per problem for avg@k (needs temperature > 0)",
     )
-    p.add_argument("--template", default="qwen25-math-cot", help=f"one of {', '.join(TEMPLATES)}")
-    p.add_argument("--max-new-tokens", type=int, default=1024)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--limit", type=int, default=d.limit, help="only the first N problems of each benchmark")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     p.add_argument(
-        "--n-samples", type=int, default=1, help="samples per problem for avg@k (needs temperature > 0)"
+        "--backend",
+        default=d.backend,
+        choices=["auto", "hf", "static"],
+        help="generation backend (default auto)",
     )
-    p.add_argument("--limit", type=int, default=None, help="only the first N problems of each benchmark")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--grading-timeout", type=float, default=5.0, help="seconds per answer (default 5)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--grading-timeout", type=float, default=d.grading_timeout_s, help="seconds per answer (default 5)"
+    )
     p.add_argument("--out", required=True, help="report JSON path")
     p.add_argument(
         "--save-predictions",
@@ -61,9 +74,11 @@ def _settings(args: argparse.Namespace):
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
+        top_k=args.top_k,
         n_samples=args.n_samples,
         limit=args.limit,
         batch_size=args.batch_size,
+        backend=args.backend,
         grading_timeout_s=args.grading_timeout,
         seed=args.seed,
         progress=not args.no_progress,

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from endo_rl.core import models
-    from endo_rl.reward import text as scoring
+    from endo_rl.reward import text as reward_text
     from endo_rl.reward.reference import ReferenceModel
 
     if args.alpha <= 0:
@@ -40,17 +40,17 @@ def run(args: argparse.Namespace) -> int:
         args.tokenizer or args.model, None if args.tokenizer else args.gguf_file
     )
     if args.chat:
-        prompt_ids, response_ids = scoring.chat_ids(tokenizer, args.prompt, args.response, args.system)
+        prompt_ids, response_ids = reward_text.chat_ids(tokenizer, args.prompt, args.response, args.system)
     else:
-        prompt_ids, response_ids = scoring.plain_ids(tokenizer, args.prompt, args.response)
+        prompt_ids, response_ids = reward_text.plain_ids(tokenizer, args.prompt, args.response)
     if not prompt_ids:
         raise UserError("--prompt is empty: at least one prompt token is needed (or use --chat)")
     model = models.load_causal_lm(args.model, args.gguf_file, args.dtype, device)
     models.check_vocab(model, tokenizer)
     scored = ReferenceModel(model, tokenizer, alpha=args.alpha).score_each([prompt_ids], [response_ids])[0]
-    tokens = scoring.token_strings(tokenizer, scored.token_ids)
+    tokens = reward_text.token_strings(tokenizer, scored.token_ids)
     if args.html:
-        page = scoring.render_html(
+        page = reward_text.render_html(
             tokens, scored.token_rewards, scored.logprobs, f"endogenous reward: {args.model}"
         )
         Path(args.html).write_text(page, encoding="utf-8")
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print(scoring.format_table(tokens, scored.token_rewards, scored.logprobs))
+        print(reward_text.token_table(tokens, scored.token_rewards, scored.logprobs))
         print(
             f"\nreward (sum of token rewards): {scored.reward:.4f}   alpha={args.alpha}   tokens={len(tokens)}"
         )

@@ -98,17 +98,25 @@ class DataConfig:
 
 
 @dataclass
-class GenerationConfig:
+class SamplingConfig:
+    """How responses are decoded: the one sampling settings type of rollouts, the evaluator and the CLI."""
+
     max_new_tokens: int = 1024
     """Response length limit; longer responses are truncated and counted."""
     temperature: float = 1.0
-    """Sampling temperature for rollouts. The policy's log-probs (old and new) and the KL use softmax(z / T), the
-    distribution that sampled; the endogenous reward always uses the reference's raw logits (T = 1).
-    0: greedy rollouts (debugging, e.g. equal rollouts on 1 and 2 GPUs); the loss then uses T = 1."""
+    """Sampling temperature (0: greedy). In RL the policy's log-probs (old and new) and the KL use softmax(z / T),
+    the distribution that sampled (T = 1 for greedy rollouts, a debugging setting); the endogenous reward always
+    uses the reference's raw logits (T = 1)."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
     top_k: int = 0
     """Top-k sampling (0: off)."""
+
+
+@dataclass
+class GenerationConfig(SamplingConfig):
+    """Rollout decoding: the sampling settings (keys `generation.max_new_tokens`, ...) plus how to run it."""
+
     batch_size: int = 64
     """Sequences per `generate` call during rollouts."""
     backend: Literal["auto", "hf", "static"] = "auto"
@@ -231,23 +239,36 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    before: bool = False
-    """Evaluate the initial policy before training."""
-    after: bool = False
-    """Evaluate the final policy after training (and compare with `before`)."""
+class BenchmarkConfig(SamplingConfig):
+    """What the math evaluator runs: which benchmarks, how many problems and samples, and the decoding
+    (the sampling settings, greedy by default). `endo_rl.evaluation.evaluator.EvalSettings` extends it."""
+
+    temperature: float = 0.0
+    """0: greedy."""
     benchmarks: list[str] = field(default_factory=lambda: ["math500"])
     """Benchmark names."""
     data_dir: str | None = None
     """Local benchmark directory (layout of shared/benchmarks); None: Hub ids."""
     limit: int | None = None
     """Problems per benchmark (None: all)."""
-    max_new_tokens: int = 1024
-    """Evaluation response length."""
-    temperature: float = 0.0
-    """0: greedy."""
     n_samples: int = 1
-    """Samples per problem for avg@k."""
+    """Samples per problem for avg@k (above 1 needs temperature > 0)."""
+
+
+@dataclass
+class EvalConfig(BenchmarkConfig):
+    """Evaluation during training; the benchmark and decoding keys are those of `BenchmarkConfig`."""
+
+    before: bool = False
+    """Evaluate the initial policy before training."""
+    after: bool = False
+    """Evaluate the final policy after training (and compare with `before`)."""
+    every: int = 0
+    """Also evaluate at step 0, every N steps and at the last step, logged with that step (0: off)."""
+
+    def __post_init__(self):
+        if self.every < 0:
+            raise UserError(f"config key 'eval.every' must be >= 0, got {self.every}")
 
 
 @dataclass

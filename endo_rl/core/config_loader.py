@@ -162,19 +162,31 @@ def check_moved_tree(tree: Any, moved: dict[str, str], where: str) -> None:
             check_moved_override(old.split("."), moved, where)
 
 
+def merge(base: dict, update: dict) -> dict:
+    """`update` laid over `base`, section by section (a value that is not a mapping replaces the old one)."""
+    out = dict(base)
+    for key, value in update.items():
+        both_sections = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge(out[key], value) if both_sections else value
+    return out
+
+
 def load(
     schema: type,
     path: str | Path | None = None,
     overrides: list[str] = (),
     moved: dict[str, str] | None = None,
+    defaults: Any = None,
 ) -> Any:
     """YAML file (optional) + overrides -> validated instance of `schema`.
 
     `moved` maps old dotted keys to their new names; an old key is an error that names the new one.
+    `defaults` (an instance of `schema`) replaces the schema's own defaults underneath the file and overrides.
     """
     moved = moved or {}
-    tree = read_yaml(path) if path is not None else {}
-    check_moved_tree(tree, moved, f"in {path}")
+    recipe = read_yaml(path) if path is not None else {}
+    check_moved_tree(recipe, moved, f"in {path}")
+    tree = merge(to_dict(defaults), recipe) if defaults is not None else recipe
     for text in overrides:
         keys, value = parse_override(text)
         check_moved_override(keys, moved, "on the command line")

@@ -15,16 +15,20 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from endo_rl.core import templates
+from endo_rl.core.config import BenchmarkConfig
 from endo_rl.core.errors import UserError
 from endo_rl.evaluation import metrics as eval_metrics
 from endo_rl.evaluation.benchmarks import PAPER_BENCHMARKS, Problem, check_name, load_benchmark
@@ -35,29 +39,34 @@ from endo_rl.evaluation.predictions import (
     check_resume_settings,
     read_predictions,
 )
-from endo_rl.generation.sampling import SamplingConfig, generate
+from endo_rl.generation.sampling import generate
 
 
 @dataclass
-class EvalSettings:
+class EvalSettings(BenchmarkConfig):
+    """Benchmarks and decoding (`BenchmarkConfig`: the `eval.*` keys of training, the flags of `endo-rl eval`)
+    plus how this run generates and grades. `from_config` builds it from training's `eval` section."""
+
     benchmarks: list[str] = field(default_factory=lambda: list(PAPER_BENCHMARKS))
-    """Benchmark names (see endo_rl.evaluation.benchmarks.SPECS)."""
-    data_dir: str | None = None
-    """Directory with <name>/test.jsonl; None loads the Hub datasets."""
+    """Benchmark names (see endo_rl.evaluation.benchmarks.SPECS); the CLI's default is all the paper's."""
     template: str = "qwen25-math-cot"
     """Prompt template (endo_rl.core.templates.TEMPLATES); use the same before and after training."""
-    max_new_tokens: int = 1024
-    temperature: float = 0.0
-    """0 is greedy decoding."""
-    top_p: float = 1.0
-    n_samples: int = 1
-    """Samples per problem (k of avg@k); above 1 needs temperature > 0."""
-    limit: int | None = None
-    """Only the first `limit` problems of each benchmark."""
     batch_size: int = 16
+    """Sequences per `generate` call."""
+    backend: Literal["auto", "hf", "static"] = "auto"
+    """Generation backend, as `generation.backend`."""
     grading_timeout_s: float = 5.0
+    """Seconds per answer for math-verify."""
     seed: int = 0
+    """Seeds sampling."""
     progress: bool = True
+    """Progress bars."""
+
+    @classmethod
+    def from_config(cls, benchmark: BenchmarkConfig, **run) -> EvalSettings:
+        """Every `BenchmarkConfig` field of `benchmark` (e.g. training's `eval` section), plus `run` fields."""
+        shared = {f.name: copy.copy(getattr(benchmark, f.name)) for f in dataclasses.fields(BenchmarkConfig)}
+        return cls(**shared, **run)
 
     def validate(self) -> None:
         for name in self.benchmarks:
@@ -84,6 +93,7 @@ class EvalSettings:
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
+            "top_k": self.top_k,
             "n_samples": self.n_samples,
         }
 
@@ -115,6 +125,8 @@ def run_eval(
     saved, rows = (None, [])
     if predictions_path.exists():
         saved, rows = read_predictions(predictions_path, tolerate_torn_tail=True)
+        if saved is not None:  # files from before top_k was a setting decoded with top_k=0
+            saved = {"top_k": 0, **saved}
         check_resume_settings(predictions_path, saved, decoding)
     done = {p.key(): p for _, p in rows}
     n_resumed = 0
@@ -131,7 +143,7 @@ def run_eval(
             _generate_missing(model, tokenizer, settings, name, problems, done, writer)
             preds = [done[k] for k in keys]
             grades = _grade_all(grader, problems, preds, settings.progress, name)
-            per_bench[name] = summarize(preds, grades, size, time.perf_counter() - start)
+            per_bench[name] = benchmark_summary(preds, grades, size, time.perf_counter() - start)
             results += [_result_row(p, g) for p, g in zip(preds, grades)]
     settings_out = {
         **decoding,
@@ -162,7 +174,6 @@ def _generate_missing(
         key=lambda w: (len(prompts[w[0]]), w),
     )
     chunks = [work[i : i + settings.batch_size] for i in range(0, len(work), settings.batch_size)]
-    sampling = SamplingConfig(settings.max_new_tokens, settings.temperature, settings.top_p, top_k=0)
     stop_ids = templates.stop_token_ids(tokenizer)
     pad_id = templates.pad_token_id(tokenizer)
     bar = tqdm(total=len(work), desc=f"{name}", unit="seq", disable=not settings.progress)
@@ -172,7 +183,13 @@ def _generate_missing(
         if not todo:
             continue
         completions = generate(
-            model, [prompts[i] for i, _ in todo], sampling, stop_ids, pad_id, batch_size=settings.batch_size
+            model,
+            [prompts[i] for i, _ in todo],
+            settings,  # a SamplingConfig
+            stop_ids,
+            pad_id,
+            batch_size=settings.batch_size,
+            backend=settings.backend,
         )
         for (index, sample), c in zip(todo, completions):
             text = tokenizer.decode(c.token_ids, skip_special_tokens=True)
@@ -204,7 +221,9 @@ def _result_row(pred: Prediction, grade: Grade) -> dict:
     }
 
 
-def summarize(preds: Sequence[Prediction], grades: Sequence[Grade], size: int, wall_time_s: float) -> dict:
+def benchmark_summary(
+    preds: Sequence[Prediction], grades: Sequence[Grade], size: int, wall_time_s: float
+) -> dict:
     """Per-benchmark metrics from its graded predictions (several samples of one index are its k samples)."""
     per_problem: dict[int, list[bool]] = {}
     for pred, grade in zip(preds, grades):
@@ -277,7 +296,7 @@ def regrade(
             mine = [(lineno, p) for lineno, p in rows if p.benchmark == name]
             gs = _grade_all(grader, list(problems[name].values()), [p for _, p in mine], progress, name)
             grades.update({lineno: g for (lineno, _), g in zip(mine, gs)})
-            per_bench[name] = summarize(
+            per_bench[name] = benchmark_summary(
                 [p for _, p in mine], gs, len(problems[name]), time.perf_counter() - start
             )
     results = [_result_row(p, grades[lineno]) for lineno, p in rows]

@@ -5,18 +5,18 @@ the benchmark file. An eval run writes a first row `{"settings": {...}}` with th
 resumed run refuses a file made with different ones. Hand-written files for `--predictions` need only
 `benchmark`, `index` and `completion`.
 
-A run killed mid-write leaves a last line without its newline; on resume that torn line is dropped (its
-completion is generated again). Any other bad line is an error naming the file and line.
+The file is a resumable results file (`endo_rl.core.jsonl`): a run killed mid-write leaves a last line without
+its newline; on resume that torn line is dropped (its completion is generated again). Any other bad line is an
+error naming the file and line.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from endo_rl.core.errors import UserError
+from endo_rl.core.jsonl import ResumableWriter, check_same_settings, read_resumable
 
 
 @dataclass(frozen=True)
@@ -31,18 +31,15 @@ class Prediction:
     def key(self) -> tuple[str, int, int]:
         return self.benchmark, self.index, self.sample
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "benchmark": self.benchmark,
-                "index": self.index,
-                "sample": self.sample,
-                "completion": self.completion,
-                "n_tokens": self.n_tokens,
-                "truncated": self.truncated,
-            },
-            ensure_ascii=False,
-        )
+    def to_dict(self) -> dict:
+        return {
+            "benchmark": self.benchmark,
+            "index": self.index,
+            "sample": self.sample,
+            "completion": self.completion,
+            "n_tokens": self.n_tokens,
+            "truncated": self.truncated,
+        }
 
 
 def _parse_row(row: dict, where: str, samples_seen: dict[tuple[str, int], int]) -> Prediction:
@@ -66,77 +63,27 @@ def read_predictions(
     path: Path, tolerate_torn_tail: bool = False
 ) -> tuple[dict | None, list[tuple[int, Prediction]]]:
     """(settings row or None, [(line number, prediction)]) in file order."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise UserError(f"cannot read predictions file {path}: {err.strerror}") from err
-    lines = text.split("\n")
-    settings, out, seen = None, [], {}
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            if tolerate_torn_tail and lineno == len(lines) and not text.endswith("\n"):
-                print(
-                    f"note: {path}, line {lineno} was cut off by an interrupted run; regenerating it",
-                    file=sys.stderr,
-                )
-                continue
-            raise UserError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from err
-        if not isinstance(row, dict):
-            raise UserError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-        if "settings" in row:
-            settings = row["settings"]
-            continue
-        out.append((lineno, _parse_row(row, f"{path}, line {lineno}", seen)))
-    return settings, out
+    settings, rows = read_resumable(path, tolerate_torn_tail)
+    seen: dict[tuple[str, int], int] = {}
+    return settings, [(lineno, _parse_row(row, f"{path}, line {lineno}", seen)) for lineno, row in rows]
 
 
 class PredictionWriter:
-    """Appends rows and flushes each one, so a killed process loses at most the row being written."""
+    """Appends each prediction as soon as it exists (first row: the decoding settings)."""
 
     def __init__(self, path: Path, settings: dict):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        existing = self.path.exists() and self.path.stat().st_size > 0
-        if existing:
-            self._drop_torn_tail()
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
-        if not existing:
-            self._write(json.dumps({"settings": settings}))
-
-    def _drop_torn_tail(self) -> None:
-        data = self.path.read_bytes()
-        if not data.endswith(b"\n"):
-            self.path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-    def _write(self, line: str) -> None:
-        self._fh.write(line + "\n")
-        self._fh.flush()
+        self._file = ResumableWriter(path, settings)
 
     def append(self, prediction: Prediction) -> None:
-        self._write(prediction.to_json())
-
-    def close(self) -> None:
-        self._fh.close()
+        self._file.append(prediction.to_dict())
 
     def __enter__(self) -> PredictionWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self._file.close()
 
 
 def check_resume_settings(path: Path, saved: dict | None, wanted: dict) -> None:
     """A resumed run must decode exactly as the run that wrote the file did."""
-    if saved is None:
-        return
-    diff = [f"{k}: file has {saved.get(k)!r}, this run {v!r}" for k, v in wanted.items() if saved.get(k) != v]
-    if diff:
-        raise UserError(
-            f"predictions file {path} was written with other settings ({'; '.join(diff)}); "
-            "delete it or write to another path"
-        )
+    check_same_settings(path, saved, wanted)

@@ -24,16 +24,9 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from endo_rl.core.batch import left_pad
+from endo_rl.core.config import SamplingConfig
 
-
-@dataclass
-class SamplingConfig:
-    """Decoding settings; temperature 0 means greedy."""
-
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+__all__ = ["Completion", "SamplingConfig", "generate", "resolve_backend"]
 
 
 @dataclass

@@ -17,6 +17,7 @@ from endo_rl.core.config import (
     AlgoConfig,
     DataConfig,
     EndogenousRewardConfig,
+    EvalConfig,
     ExperimentConfig,
     GenerationConfig,
     LoggingConfig,
@@ -25,7 +26,7 @@ from endo_rl.core.config import (
     TrainConfig,
     check_batch_sizes,
 )
-from endo_rl.quickstart.evaluate import EvalSettings
+from endo_rl.quickstart.evaluate import HorizonEvalSettings
 from endo_rl.quickstart.pretrain import PretrainConfig
 
 
@@ -46,13 +47,12 @@ class TaskConfig:
 
 
 @dataclass
-class QuickstartEvalConfig(EvalSettings):
+class QuickstartEvalConfig(HorizonEvalSettings):
     split: Literal["test", "validation"] = "test"
     """Sets scored before/after: `test` for results; `validation` only for choosing settings."""
-    curve_every: int = 20
-    """Every N RL steps, score `curve_problems` validation problems per horizon and log them (0: off)."""
     curve_problems: int = 50
-    """Problems per horizon for the learning curves (greedy + `samples` samples each)."""
+    """Problems per horizon for the learning curves (greedy + `samples` samples each), scored at step 0,
+    every `rl.eval.every` RL steps and at the last step (`rl.eval.every=0`: no curves)."""
 
 
 def default_rl() -> ExperimentConfig:
@@ -64,6 +64,7 @@ def default_rl() -> ExperimentConfig:
         generation=GenerationConfig(max_new_tokens=64, temperature=1.0, batch_size=128),
         algo=AlgoConfig(name="grpo", kl_coef=0.01, group_size=8),
         train=TrainConfig(max_steps=240, prompts_per_step=16, micro_batch_size=64, lr=5e-5),
+        eval=EvalConfig(every=20),
         logging=LoggingConfig(wandb=True, project="endo_rl-quickstart"),
     )
 
@@ -83,34 +84,15 @@ class QuickstartConfig:
     rl: ExperimentConfig = field(default_factory=default_rl)
 
 
-def _merge(base: dict, update: dict) -> dict:
-    """`update` laid over `base`, section by section (a value that is not a mapping replaces the old one)."""
-    out = dict(base)
-    for key, value in update.items():
-        both_sections = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merge(out[key], value) if both_sections else value
-    return out
-
-
 def load(path: str | Path | None = None, overrides: list[str] = ()) -> QuickstartConfig:
     """A quickstart recipe (optional) plus `key.sub=value` overrides -> a validated QuickstartConfig.
 
     Both are laid over the quickstart defaults (`default_rl()` included), not over the bare `ExperimentConfig`
-    defaults, so a recipe need only name what it changes. Unknown keys fail in `from_dict`, naming the key.
+    defaults, so a recipe need only name what it changes. Unknown keys are errors naming the key.
     """
-    moved = {f"rl.{old}": f"rl.{new}" for old, new in MOVED_KEYS.items()}
-    tree = config_loader.to_dict(QuickstartConfig())
-    if path is not None:
-        recipe = config_loader.read_yaml(path)
-        config_loader.check_moved_tree(recipe, moved, f"in {path}")
-        tree = _merge(tree, recipe)
-    for text in overrides:
-        keys, value = config_loader.parse_override(text)
-        config_loader.check_moved_override(keys, moved, "on the command line")
-        patch: dict = {keys[-1]: value}
-        for key in reversed(keys[:-1]):
-            patch = {key: patch}
-        tree = _merge(tree, patch)
-    cfg = config_loader.from_dict(QuickstartConfig, tree)
+    moved = {f"rl.{old}": f"rl.{new}" for old, new in MOVED_KEYS.items()} | {
+        "eval.curve_every": "rl.eval.every"
+    }
+    cfg = config_loader.load(QuickstartConfig, path, overrides, moved, defaults=QuickstartConfig())
     check_batch_sizes(cfg.rl, 1)
     return cfg

@@ -22,42 +22,11 @@ from endo_rl.core import config_loader, models
 from endo_rl.core.errors import UserError
 from endo_rl.quickstart import plots
 from endo_rl.quickstart.config import QuickstartConfig
-from endo_rl.quickstart.evaluate import EvalSettings, SetResult, accuracies, evaluate
+from endo_rl.quickstart.evaluate import SetResult, accuracies, curve_metrics, evaluate_horizons
 from endo_rl.quickstart.pretrain import pretrain, save_model, tiny_qwen2
-from endo_rl.quickstart.task import Problem, Splits, make_splits, rl_rows
+from endo_rl.quickstart.task import Splits, make_splits, rl_rows
 from endo_rl.quickstart.tokenizer import build_tokenizer, save_and_reload
-from endo_rl.rl import distributed
 from endo_rl.rl.trainer import Trainer
-
-
-class CurveTrainer(Trainer):
-    """The trainer, plus accuracy on a few validation problems every `every` steps (logged as eval/curve/...).
-
-    Scoring runs inside a forked RNG, so the training run is the same with or without the curves.
-    """
-
-    def __init__(self, cfg, sets: dict[int, list[Problem]], settings: EvalSettings, every: int):
-        super().__init__(cfg)
-        self.curve_sets, self.curve_settings, self.every = sets, settings, every
-
-    def curve_metrics(self) -> dict[str, float]:
-        with (
-            torch.random.fork_rng(),
-            distributed.gathered_for_generation(self.model, self.accelerator) as policy,
-        ):
-            results = evaluate(policy.lm, self.tokenizer, self.curve_sets, self.curve_settings, self.cfg.seed)
-        metrics = {f"eval/curve/{name}/accuracy": acc for name, acc in accuracies(results).items()}
-        metrics["eval/curve/mean/accuracy"] = sum(metrics.values()) / len(metrics)
-        return metrics
-
-    def train_step(self) -> dict[str, float]:
-        if self.every and self.step == 0 and self.log is not None:
-            self.log.log(0, self.curve_metrics())
-        metrics = super().train_step()
-        done = self.step + 1
-        if self.every and (done % self.every == 0 or done == self.cfg.train.max_steps):
-            metrics.update(self.curve_metrics())
-        return metrics
 
 
 def make_quickstart_splits(cfg: QuickstartConfig) -> Splits:
@@ -129,29 +98,32 @@ def run(cfg: QuickstartConfig, log=print) -> dict:
     sets = splits.test if cfg.eval.split == "test" else splits.validation
     log(f"[2/4] evaluating the imitation policy on the {cfg.eval.split} sets (H = {sorted(sets)})")
     mark = time.time()
-    before = evaluate(base, tokenizer, sets, cfg.eval, cfg.seed)
+    before = evaluate_horizons(base, tokenizer, sets, cfg.eval, cfg.seed)
     timings["eval_before_s"] = time.time() - mark
 
     log("[3/4] RL against the endogenous reward of the frozen pretrained model")
     mark = time.time()
     rl_cfg = _rl_config(cfg, out)
     curve_sets = {h: ps[: cfg.eval.curve_problems] for h, ps in splits.validation.items()}
-    trainer = CurveTrainer(rl_cfg, curve_sets, cfg.eval, cfg.eval.curve_every)
-    final_dir = trainer.fit()
+
+    def curves(lm, tok) -> dict[str, float]:  # the learning curves, every rl.eval.every steps
+        return curve_metrics(lm, tok, curve_sets, cfg.eval, cfg.seed)
+
+    final_dir = Trainer(rl_cfg, periodic_eval=curves).fit()
     timings["rl_s"] = time.time() - mark
 
     log(f"[4/4] evaluating the RL policy ({final_dir}) on the same sets")
     mark = time.time()
     after_model = models.load_causal_lm(str(final_dir), dtype="float32")
-    after = evaluate(after_model, models.load_tokenizer(str(final_dir)), sets, cfg.eval, cfg.seed)
+    after = evaluate_horizons(after_model, models.load_tokenizer(str(final_dir)), sets, cfg.eval, cfg.seed)
     timings["eval_after_s"] = time.time() - mark
     timings["total_s"] = time.time() - start
 
-    report = build_report(cfg, before, after, pretrain_curve, timings)
+    report = quickstart_report(cfg, before, after, pretrain_curve, timings)
     (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     plots.error_vs_horizon(report, out / "error_vs_H.png")
     plots.learning_curves(out / "rl" / "metrics.jsonl", out / "learning_curves.png")
-    log(format_table(report))
+    log(before_after_table(report))
     log(
         f"wrote {out / 'report.json'}, {out / 'error_vs_H.png'}, {out / 'learning_curves.png'}; "
         f"wandb offline run in {out / 'rl' / 'wandb'}  ({timings['total_s']:.0f}s)"
@@ -159,7 +131,7 @@ def run(cfg: QuickstartConfig, log=print) -> dict:
     return report
 
 
-def build_report(
+def quickstart_report(
     cfg: QuickstartConfig,
     before: dict[str, SetResult],
     after: dict[str, SetResult],
@@ -187,7 +159,7 @@ def build_report(
     return report
 
 
-def format_table(report: dict) -> str:
+def before_after_table(report: dict) -> str:
     """The before/after table: one row per set, then the mean over sets."""
     lines = [f"{'set':<14}{'before':>8}{'after':>8}{'change':>8}"]
     for name, b in report["before"].items():

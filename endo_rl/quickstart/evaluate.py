@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from endo_rl.generation.sampling import SamplingConfig, generate
-from endo_rl.quickstart.task import Problem, is_correct
+from endo_rl.quickstart.task import AdditionProblem, is_correct
 from endo_rl.quickstart.tokenizer import encode
 
 
 @dataclass
-class EvalSettings:
+class HorizonEvalSettings:
     samples: int = 4
     """k: samples per problem for the sampled (temperature 1) accuracy."""
     max_new_tokens: int = 64
@@ -39,7 +39,12 @@ class SetResult:
 
 
 def score_set(
-    model, tokenizer, problems: Sequence[Problem], temperature: float, k: int, settings: EvalSettings
+    model,
+    tokenizer,
+    problems: Sequence[AdditionProblem],
+    temperature: float,
+    k: int,
+    settings: HorizonEvalSettings,
 ):
     """One SetResult for `problems`, each decoded k times (k=1 for greedy)."""
     prompts = [encode(tokenizer, p.prompt) for p in problems for _ in range(k)]
@@ -63,8 +68,8 @@ def score_set(
     )
 
 
-def evaluate(
-    model, tokenizer, sets: Mapping[int, Sequence[Problem]], settings: EvalSettings, seed: int
+def evaluate_horizons(
+    model, tokenizer, sets: Mapping[int, Sequence[AdditionProblem]], settings: HorizonEvalSettings, seed: int
 ) -> dict[str, SetResult]:
     """`{"H2_greedy": SetResult, "H2_sampled": ..., ...}` for every horizon in `sets`.
 
@@ -83,3 +88,15 @@ def evaluate(
 
 def accuracies(results: Mapping[str, SetResult]) -> dict[str, float]:
     return {name: r.accuracy for name, r in results.items()}
+
+
+def curve_metrics(
+    model, tokenizer, sets: Mapping[int, Sequence[AdditionProblem]], settings: HorizonEvalSettings, seed: int
+) -> dict[str, float]:
+    """The learning-curve metrics logged during RL (`rl.eval.every`): `eval/curve/<set>/accuracy` and the mean."""
+    metrics = {
+        f"eval/curve/{name}/accuracy": acc
+        for name, acc in accuracies(evaluate_horizons(model, tokenizer, sets, settings, seed)).items()
+    }
+    metrics["eval/curve/mean/accuracy"] = sum(metrics.values()) / len(metrics)
+    return metrics

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from endo_rl.quickstart.task import Problem
+from endo_rl.quickstart.task import AdditionProblem
 from endo_rl.quickstart.tokenizer import encode
 
 
@@ -59,7 +59,9 @@ def tiny_qwen2(tokenizer, cfg: PretrainConfig, seed: int):
     return Qwen2ForCausalLM(config)
 
 
-def encode_demonstrations(tokenizer, problems: Sequence[Problem]) -> list[tuple[list[int], list[int]]]:
+def encode_demonstrations(
+    tokenizer, problems: Sequence[AdditionProblem]
+) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, trace ids + eos) per problem."""
     eos = tokenizer.eos_token_id
     return [(encode(tokenizer, p.prompt), encode(tokenizer, p.trace) + [eos]) for p in problems]
@@ -94,7 +96,7 @@ def _lr_at(step: int, cfg: PretrainConfig) -> float:
 
 
 def pretrain(
-    model, tokenizer, problems: Sequence[Problem], cfg: PretrainConfig, seed: int, log=print
+    model, tokenizer, problems: Sequence[AdditionProblem], cfg: PretrainConfig, seed: int, log=print
 ) -> list[dict]:
     """Train `model` in place on the traces of `problems`; returns its loss curve."""
     model.train()

@@ -24,7 +24,7 @@ _LAST_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
 @dataclass(frozen=True)
-class Problem:
+class AdditionProblem:
     operands: tuple[int, ...]
 
     @property
@@ -59,14 +59,14 @@ def extract_answer(response: str) -> int | None:
     return int(text) if re.fullmatch(r"-?\d+", text) else None
 
 
-def is_correct(response: str, problem: Problem) -> bool:
+def is_correct(response: str, problem: AdditionProblem) -> bool:
     return extract_answer(response) == problem.answer
 
 
-def sample_problem(rng: random.Random, horizon: int, max_operand: int) -> Problem:
+def sample_problem(rng: random.Random, horizon: int, max_operand: int) -> AdditionProblem:
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
-    return Problem(tuple(rng.randint(0, max_operand) for _ in range(horizon + 1)))
+    return AdditionProblem(tuple(rng.randint(0, max_operand) for _ in range(horizon + 1)))
 
 
 def sample_set(
@@ -74,13 +74,13 @@ def sample_set(
     horizon: int,
     n: int,
     max_operand: int,
-    exclude: set[Problem] | frozenset[Problem] = frozenset(),
-) -> list[Problem]:
+    exclude: set[AdditionProblem] | frozenset[AdditionProblem] = frozenset(),
+) -> list[AdditionProblem]:
     """`n` distinct problems of one horizon, none of them in `exclude`."""
     available = (max_operand + 1) ** (horizon + 1) - len([p for p in exclude if p.horizon == horizon])
     if n > available:
         raise ValueError(f"asked for {n} distinct problems with H={horizon}, only {available} exist")
-    out: dict[Problem, None] = {}
+    out: dict[AdditionProblem, None] = {}
     while len(out) < n:
         p = sample_problem(rng, horizon, max_operand)
         if p not in exclude:
@@ -93,10 +93,10 @@ def sample_mixed(
     horizons: Sequence[int],
     n: int,
     max_operand: int,
-    exclude: set[Problem] | frozenset[Problem],
-) -> list[Problem]:
+    exclude: set[AdditionProblem] | frozenset[AdditionProblem],
+) -> list[AdditionProblem]:
     """`n` problems (repeats allowed) with horizons drawn uniformly from `horizons`, none in `exclude`."""
-    out: list[Problem] = []
+    out: list[AdditionProblem] = []
     while len(out) < n:
         p = sample_problem(rng, rng.choice(list(horizons)), max_operand)
         if p not in exclude:
@@ -108,10 +108,10 @@ def sample_mixed(
 class Splits:
     """Every problem set of one quickstart run. Evaluation sets are keyed by horizon."""
 
-    pretrain: list[Problem]
-    rl: list[Problem]
-    validation: dict[int, list[Problem]]
-    test: dict[int, list[Problem]]
+    pretrain: list[AdditionProblem]
+    rl: list[AdditionProblem]
+    validation: dict[int, list[AdditionProblem]]
+    test: dict[int, list[AdditionProblem]]
 
 
 def make_splits(
@@ -137,6 +137,6 @@ def make_splits(
     return Splits(pretrain=pretrain, rl=rl, validation=validation, test=test)
 
 
-def rl_rows(problems: Iterable[Problem]) -> list[dict]:
+def rl_rows(problems: Iterable[AdditionProblem]) -> list[dict]:
     """RL prompt rows for the trainer's JSONL (`data.prompt_field=prompt`, `data.answer_field=answer`)."""
     return [{"prompt": p.prompt, "answer": str(p.answer), "horizon": p.horizon} for p in problems]

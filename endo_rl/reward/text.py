@@ -54,7 +54,7 @@ def token_strings(tokenizer, token_ids: list[int]) -> list[str]:
     return [tokenizer.decode([t]) for t in token_ids]
 
 
-def format_table(tokens: list[str], token_rewards: list[float], logprobs: list[float]) -> str:
+def token_table(tokens: list[str], token_rewards: list[float], logprobs: list[float]) -> str:
     rows = [f"{'#':>4}  {'token':<20} {'reward':>10} {'logprob':>10}"]
     for i, (tok, r, lp) in enumerate(zip(tokens, token_rewards, logprobs)):
         rows.append(f"{i:>4}  {repr(tok)[1:-1][:20]:<20} {r:>10.4f} {lp:>10.4f}")

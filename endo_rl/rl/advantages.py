@@ -29,7 +29,7 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]
 """Sums a float64 vector over processes (identity for one process)."""
 
 
-def grpo(
+def estimate_grpo(
     rewards_BL: torch.Tensor,
     values_BL: torch.Tensor | None,
     mask_BL: torch.Tensor,
@@ -51,7 +51,7 @@ def grpo(
     return torch.where(mask_BL, adv_B[:, None], 0.0), None
 
 
-def gae(
+def estimate_gae(
     rewards_BL: torch.Tensor,
     values_BL: torch.Tensor | None,
     mask_BL: torch.Tensor,
@@ -78,8 +78,8 @@ class Estimator:
 
 
 ESTIMATORS: dict[str, Estimator] = {
-    "grpo": Estimator(grpo, critic=False),
-    "ppo": Estimator(gae, critic=True),
+    "grpo": Estimator(estimate_grpo, critic=False),
+    "ppo": Estimator(estimate_gae, critic=True),
 }
 
 

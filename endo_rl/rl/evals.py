@@ -1,14 +1,20 @@
-"""Evaluation before and after training, through the evaluator (`endo_rl.evaluation.evaluator.evaluate`).
+"""Evaluation during training: before, every `eval.every` steps, and after.
 
-Reports go to OUTPUT_DIR/eval/{before,after}/ and, when both exist, the comparison table is printed and drawn
-to OUTPUT_DIR/eval/comparison.png. The evaluation uses the training template (`data.template`) so before and
-after see the same prompt. It runs on the main process with the parameters gathered (ZeRO-3), and inside a
-forked RNG so that evaluating does not change the training run's random stream (resume stays exact).
+By default it runs the math evaluator (`endo_rl.evaluation.evaluator.evaluate`): reports go to
+OUTPUT_DIR/eval/{before,step-N,after}/ and, when before and after both exist, the comparison table is printed and
+drawn to OUTPUT_DIR/eval/comparison.png. The evaluation uses the training template (`data.template`) and
+`generation.backend`, so before and after see the same prompt. A caller may pass its own `periodic` function for
+the `eval.every` evaluations instead (the quickstart scores its own held-out problems that way).
+
+Every evaluation runs on the main process with the parameters gathered (ZeRO-3), and inside a forked RNG so that
+evaluating does not change the training run's random stream (resume stays exact, and a run with evaluations
+trains exactly as one without).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,26 +22,39 @@ import torch
 from endo_rl.core.config import ExperimentConfig
 from endo_rl.rl import distributed
 
+PeriodicEval = Callable[[torch.nn.Module, object], dict[str, float]]
+"""(policy LM, tokenizer) -> metrics, for `eval.every`."""
+
 
 class TrainEval:
-    def __init__(self, cfg: ExperimentConfig, output_dir: Path, tokenizer):
+    def __init__(
+        self, cfg: ExperimentConfig, output_dir: Path, tokenizer, periodic: PeriodicEval | None = None
+    ):
         self.cfg, self.dir, self.tokenizer = cfg, Path(output_dir) / "eval", tokenizer
+        self.periodic_fn = periodic
 
     def settings(self):
         from endo_rl.evaluation.evaluator import EvalSettings
 
-        e = self.cfg.eval
-        return EvalSettings(
-            benchmarks=list(e.benchmarks),
-            data_dir=e.data_dir,
-            template=self.cfg.data.template,
-            max_new_tokens=e.max_new_tokens,
-            temperature=e.temperature,
-            n_samples=e.n_samples,
-            limit=e.limit,
-            batch_size=self.cfg.generation.batch_size,
-            seed=self.cfg.seed,
+        cfg = self.cfg
+        return EvalSettings.from_config(
+            cfg.eval,
+            template=cfg.data.template,
+            batch_size=cfg.generation.batch_size,
+            backend=cfg.generation.backend,
+            seed=cfg.seed,
         )
+
+    def due(self, step: int) -> bool:
+        """Whether `eval.every` asks for an evaluation after `step` steps (0: before the first)."""
+        every = self.cfg.eval.every
+        return bool(every) and (step % every == 0 or step == self.cfg.train.max_steps)
+
+    def periodic(self, step: int, model: torch.nn.Module, accelerator) -> dict[str, float]:
+        """The `eval.every` evaluation after `step` steps: the caller's function, or the math evaluator."""
+        if self.periodic_fn is None:
+            return self.run(f"step-{step}", model, accelerator)
+        return self._isolated(model, accelerator, lambda lm: self.periodic_fn(lm, self.tokenizer)) or {}
 
     def run(self, tag: str, model: torch.nn.Module, accelerator) -> dict[str, float]:
         """Evaluate the current policy; returns metrics `eval/<benchmark>/accuracy` and `eval/accuracy`."""
@@ -43,15 +62,11 @@ class TrainEval:
 
         settings = self.settings()
         settings.validate()
-        report = None
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        with (
-            torch.random.fork_rng(devices=devices),
-            distributed.gathered_for_generation(model, accelerator) as policy,
-        ):
-            if accelerator.is_main_process:
-                report = evaluate(policy.lm, self.tokenizer, settings, self.dir / tag, model_name=tag)
-        accelerator.wait_for_everyone()
+        report = self._isolated(
+            model,
+            accelerator,
+            lambda lm: evaluate(lm, self.tokenizer, settings, self.dir / tag, model_name=tag),
+        )
         if report is None:
             return {}
         if tag == "after":
@@ -59,6 +74,19 @@ class TrainEval:
         metrics = {f"eval/{name}/accuracy": m["accuracy"] for name, m in report["benchmarks"].items()}
         metrics["eval/accuracy"] = report["average"]["accuracy"]
         return metrics
+
+    def _isolated(self, model: torch.nn.Module, accelerator, fn: Callable[[torch.nn.Module], object]):
+        """fn(policy LM) on the main process (None elsewhere), parameters gathered, RNG state restored after."""
+        result = None
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with (
+            torch.random.fork_rng(devices=devices),
+            distributed.gathered_for_generation(model, accelerator) as policy,
+        ):
+            if accelerator.is_main_process:
+                result = fn(policy.lm)
+        accelerator.wait_for_everyone()
+        return result
 
     def _compare(self, after: dict) -> None:
         before_path = self.dir / "before" / "report.json"

@@ -30,13 +30,13 @@ from tqdm.auto import tqdm
 from endo_rl.core import config_loader, models, templates
 from endo_rl.core.config import ExperimentConfig, check_batch_sizes, local_mini_batch, world_size_from_env
 from endo_rl.core.errors import UserError
-from endo_rl.generation.sampling import SamplingConfig, generate
+from endo_rl.generation.sampling import generate
 from endo_rl.rl import advantages, checkpoint, distributed, rewards, truncation
 from endo_rl.rl import metrics as step_metrics
 from endo_rl.rl import rollout as rl
 from endo_rl.rl import setup as train_setup
 from endo_rl.rl.data import Prompt, PromptOrder, load_prompts
-from endo_rl.rl.evals import TrainEval
+from endo_rl.rl.evals import PeriodicEval, TrainEval
 from endo_rl.rl.nonfinite import NonFiniteError, NonFiniteGuard
 from endo_rl.rl.run_log import RunLog
 from endo_rl.rl.update import PolicyUpdate
@@ -45,7 +45,8 @@ __all__ = ["NonFiniteError", "Trainer", "run"]
 
 
 class Trainer:
-    """PPO/GRPO with endogenous rewards. `lm`, `tokenizer` and `prompts` replace what the config would load."""
+    """PPO/GRPO with endogenous rewards. `lm`, `tokenizer` and `prompts` replace what the config would load;
+    `periodic_eval(policy_lm, tokenizer) -> metrics` replaces the math evaluator for `eval.every`."""
 
     def __init__(
         self,
@@ -53,6 +54,7 @@ class Trainer:
         lm: torch.nn.Module | None = None,
         tokenizer=None,
         prompts: list[Prompt] | None = None,
+        periodic_eval: PeriodicEval | None = None,
     ):
         self.cfg, t = cfg, cfg.train
         self.estimator = advantages.estimator(cfg.algo.name)
@@ -91,7 +93,7 @@ class Trainer:
             if acc.is_main_process
             else None
         )
-        self.evals = TrainEval(cfg, self.output_dir, self.tokenizer)
+        self.evals = TrainEval(cfg, self.output_dir, self.tokenizer, periodic_eval)
         self.grader = None
         if cfg.reward.correctness.weight > 0:
             from endo_rl.evaluation.grading import Grader
@@ -142,10 +144,13 @@ class Trainer:
     # ----- the loop ---------------------------------------------------------------------------------------
 
     def fit(self) -> Path:
-        """Train to train.max_steps (evaluating before/after when configured); returns OUTPUT_DIR/final."""
+        """Train to train.max_steps (evaluating before, every eval.every steps and after, as configured);
+        returns OUTPUT_DIR/final."""
         cfg, acc = self.cfg, self.accelerator
         if cfg.eval.before and self.step == 0:
             self._log(0, self.evals.run("before", self.model, acc))
+        if self.evals.due(0) and self.step == 0:
+            self._log(0, self.evals.periodic(0, self.model, acc))
         bar = tqdm(
             total=cfg.train.max_steps,
             initial=self.step,
@@ -157,6 +162,8 @@ class Trainer:
             while self.step < cfg.train.max_steps:
                 metrics = self.train_step()
                 self.step += 1
+                if self.evals.due(self.step):
+                    metrics.update(self.evals.periodic(self.step, self.model, acc))
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4g}", reward=f"{metrics['reward/total']:.4g}")
                 last = self.step == cfg.train.max_steps
@@ -210,7 +217,7 @@ class Trainer:
             completions = generate(
                 policy.lm,
                 prompt_ids,
-                SamplingConfig(g.max_new_tokens, g.temperature, g.top_p, g.top_k),
+                g,  # a SamplingConfig: max_new_tokens, temperature, top_p, top_k
                 self.stop_ids,
                 self.pad_id,
                 g.batch_size,

@@ -1,1 +1,1 @@
-"""Reward-model evaluation: preference data, judges (endogenous + baselines), accuracy metrics, plots."""
+"""Reward-model evaluation: preference data, judges (endogenous + baselines), accuracy metrics, plots, the run."""

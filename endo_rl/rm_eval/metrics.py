@@ -120,7 +120,7 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def format_table(results: dict[str, dict]) -> str:
+def accuracy_table(results: dict[str, dict]) -> str:
     """Markdown table: one row per method; per subset the accuracy (easy/normal/hard when there are styles)."""
     subsets = sorted({s for r in results.values() for s in r["subsets"]})
     domains = sorted({d for r in results.values() for d in r["domains"]})
