@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 from endo_rl.core.errors import UserError
@@ -19,6 +21,10 @@ SUBCOMMANDS = {
         "the paper's story end to end on a CPU in minutes (no downloads)",
     ),
     "score": ("endo_rl.commands.score", "score a response with the endogenous reward of a model"),
+    "tiny-model": (
+        "endo_rl.commands.tiny_model",
+        "write a tiny random model to try training with (no download)",
+    ),
     "train": ("endo_rl.commands.train", "RL fine-tuning (PPO/GRPO) from a YAML recipe"),
     "eval": ("endo_rl.commands.eval", "evaluate a model on math benchmarks"),
     "compare": ("endo_rl.commands.compare", "compare two eval reports (table + bar chart)"),
@@ -41,8 +47,26 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, str | None]:
     return parser, chosen
 
 
+class _DropDeepSpeedCpuNotice(logging.Filter):
+    """DeepSpeed logs "Setting accelerator to CPU ..." to stdout whenever it is imported without a GPU."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Setting accelerator to CPU" not in record.getMessage()
+
+
+def quiet_libraries(argv: list[str]) -> None:
+    """Before any library is imported: no DeepSpeed CPU notice on stdout; --no-progress also silences the
+    transformers/huggingface_hub bars ("Loading weights", "Writing model shards")."""
+    ds_logger = logging.getLogger("DeepSpeed")
+    if not any(isinstance(f, _DropDeepSpeedCpuNotice) for f in ds_logger.filters):
+        ds_logger.addFilter(_DropDeepSpeedCpuNotice())
+    if "--no-progress" in argv:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_libraries(argv)
     parser, chosen = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:

@@ -48,6 +48,11 @@ def test_resolved_config_round_trips(tmp_path):
         (["train.lr.x=1"], "config key 'train.lr' is not a section, so 'train.lr.x' cannot be set"),
         (["reward.endogenous.alpha=0"], "config key 'reward.endogenous.alpha' must be > 0, got 0.0"),
         (["eval.benchmarks=math500"], "config key 'eval.benchmarks': expected a list, got 'math500'"),
+        (
+            ["eval.extract=last"],
+            "config key 'eval.extract': expected one of ['boxed', 'harness'], got 'last'",
+        ),
+        (["eval.max_new_tokens=0"], "config key 'eval.max_new_tokens' must be >= 1 or null, got 0"),
         (["algo.kl_coef"], "override 'algo.kl_coef' is not of the form key.sub=value"),
     ],
 )
@@ -55,6 +60,24 @@ def test_bad_overrides_name_the_key(overrides, message):
     with pytest.raises(UserError) as err:
         config.load(None, overrides)
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "extract", "max_new_tokens"),
+    [
+        ([], "boxed", 1024),
+        (["eval.extract=harness"], "harness", 2048),  # the harness's default length comes with it
+        (["eval.extract=harness", "eval.max_new_tokens=3000"], "harness", 3000),
+    ],
+)
+def test_eval_extract_reaches_the_evaluator_settings(tmp_path, overrides, extract, max_new_tokens):
+    from endo_rl.rl.evals import TrainEval
+
+    cfg = config.load(None, ["eval.benchmarks=[aime24]", *overrides])
+    settings = TrainEval(cfg, tmp_path, tokenizer=None).settings()
+    assert (settings.extract, settings.max_new_tokens) == (extract, max_new_tokens)
+    settings.validate()
+    assert settings.decoding("m")["extract"] == extract and settings.benchmarks == ["aime24"]
 
 
 def test_bad_yaml_files_name_the_file(tmp_path):

@@ -57,7 +57,13 @@ def test_gold_answers_come_from_the_right_field(name, index, gold):
 def test_gold_is_the_last_boxed_of_the_solution(name):
     rows = [row for _, row in read_jsonl(BENCHMARKS / name / "test.jsonl")]
     problems = load_benchmark(name, BENCHMARKS)
-    assert all(p.gold == last_boxed(r["solution"]) for p, r in zip(problems, rows))
+    assert all((p.raw_gold or p.gold) == last_boxed(r["solution"]) for p, r in zip(problems, rows))
+
+
+def test_hand_overrides_replace_the_gold_and_keep_the_original():
+    problems = load_benchmark("minerva_math", BENCHMARKS)
+    assert problems[5].raw_gold == "np.arcsin(10/13)" and problems[5].gold == "\\arcsin(10/13)"
+    assert problems[0].raw_gold == ""  # not overridden
 
 
 def test_gsm8k_gold_drops_thousands_separators():

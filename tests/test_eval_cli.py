@@ -110,7 +110,22 @@ def test_predictions_regrading_gives_the_known_accuracy(tmp_path):
     amc_line = next(line for line in r.stdout.splitlines() if line.startswith("amc23"))
     assert "25.0" in amc_line and "66.7" in amc_line and "+41.7" in amc_line
     assert "gsm8k" in r.stdout and "average" in r.stdout
+    assert "answer extraction: before boxed, after boxed" in r.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the same completions with the harness's extraction: "I think it is 70000." now has an answer
+    harness = tmp_path / "harness.json"
+    r = endo_rl(
+        "eval", "--predictions", preds, "--data-dir", BENCHMARKS, "--out", harness, "--extract", "harness"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "answer extraction: harness" in r.stdout
+    report = json.loads(harness.read_text())
+    assert report["settings"]["extract"] == "harness"
+    assert report["benchmarks"]["gsm8k"]["n_no_answer"] == 0
+    r = endo_rl("compare", out, harness, "--png", png)
+    assert "answer extraction: before boxed, after harness" in r.stdout
+    assert "warning: extract differs" in r.stdout
 
 
 def test_user_errors_name_the_bad_input(tmp_path):

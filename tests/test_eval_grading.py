@@ -49,6 +49,70 @@ NOT_EQUIVALENT = [
 ]
 
 
+# Each class of misgrading found on real completions (issue 14), as real-looking (gold, answer) pairs.
+FIXED_CLASSES_RIGHT = [
+    ("4.5e33", "4.5 \\times 10^{33}"),  # Minerva AeB gold: `e` is not Euler's number
+    ("1e-5", "10^{-5}"),
+    ("1e-5", "0.00001"),
+    ("-1./3", "-\\frac{1}{3}"),  # Minerva `-1./3` did not parse at all
+    ("-3./2", "-1.5"),
+    ("35", "35.0\\%"),  # percent: 35.0% failed while 35% passed
+    ("35", "35\\%"),
+    ("17.5\\%", "17.5"),
+    ("(-\\infty,0)\\cup\\{1\\}.", "(-\\infty, 0) \\cup \\{1\\}"),  # gold with trailing period
+    ("-2,-2", "-2, -2"),  # a repeated root
+    ("\\frac{37}{4} m", "\\frac{37m}{4}"),  # m is the variable of the question, kept
+    ("\\frac{1}{m} t", "\\frac{t}{m}"),
+    ("\\ln 3", "\\log 3"),  # log without base is natural
+    ("12", "12^{th} grade"),
+    ("12", "12^{\\text{th}}"),
+    ("\\text{(C)}", "(C) Plane"),
+    ("\\text{(C)}", "\\textbf{(C)}"),
+    ("x^{2}+1", "x²+1"),
+    ("\\text{SRMC}", "SRMC"),
+    ("MR=SRMC", "SRMC = MR"),
+    ("15000", "15,000 \\, \\text{kcal}"),
+    ("\\frac{12}{5,\\!525}", "\\frac{12}{5525}"),
+    ("\\frac{270}7\\text{ degrees}", "\\frac{270}{7}"),
+    ("m_{p} c^{2}\\left(\\gamma^{2}-1\\right) \\sin ^{2} \\theta", "m_p c^2 (\\gamma^2 - 1)\\sin^2\\theta"),
+    ("\\text{June 20}", "\\text{June 20th}"),
+    ("\\text{4:30 p.m.}", "4:30 \\text{ p.m.}"),  # both graders called this wrong
+    ("\\text{1:03 PM}", "1:03 \\text{PM}"),
+]
+FIXED_CLASSES_WRONG = [
+    ("4.5e33", "4.5"),
+    ("(-\\infty,0)\\cup\\{1\\}.", "0"),  # was accepted: the gold read as 0
+    ("-2,-2", "-2"),  # was accepted: the gold read as the set {-2}
+    ("\\frac{37}{4} m", "\\frac{37}{4}"),  # was accepted: the m dropped as metres
+    ("\\frac{1}{m} t", "\\frac{1}{m}"),
+    ("\\log_2 3", "\\log 3"),
+    ("\\text{(C)}", "(D) Plane"),
+    ("\\text{SRMC}", "SMRC"),  # an anagram was accepted: a product of four symbols
+    ("MR=SRMC", "MR=LRMC"),
+    ("15000", "15"),
+    ("x^{2}+1", "x³+1"),
+    ("\\text{4:30 p.m.}", "4:30 \\text{ a.m.}"),
+]
+
+
+@pytest.mark.parametrize("gold, answer", FIXED_CLASSES_RIGHT)
+def test_each_fixed_class_grades_the_right_answer_correct(grader, gold, answer):
+    grade = grader.grade(gold, f"... so the answer is $\\boxed{{{answer}}}$.")
+    assert grade.status == "ok" and grade.correct, grade
+
+
+@pytest.mark.parametrize("gold, answer", FIXED_CLASSES_WRONG)
+def test_each_fixed_class_grades_the_wrong_answer_wrong(grader, gold, answer):
+    grade = grader.grade(gold, f"\\boxed{{{answer}}}")
+    assert grade.status == "ok" and not grade.correct, grade
+
+
+@pytest.mark.parametrize("gold", ["np.arcsin(10/13)", "t(0,4]"])
+def test_a_gold_that_is_not_math_is_a_parse_error_not_a_string_match(grader, gold):
+    grade = grader.grade(gold, f"\\boxed{{{gold}}}")  # the identical string must not pass as "correct"
+    assert grade.status == "parse_error" and not grade.correct and "gold" in grade.detail, grade
+
+
 @pytest.mark.parametrize("gold, answer", EQUIVALENT)
 def test_equivalent_answers_are_correct(grader, gold, answer):
     grade = grader.grade(gold, f"Reasoning... so the answer is $\\boxed{{{answer}}}$.")
@@ -148,3 +212,25 @@ def test_macro_average_by_hand():
     mean, se = eval_metrics.macro_average([0.2, 0.6], [0.03, 0.04])
     assert math.isclose(mean, 0.4) and math.isclose(se, 0.05 / 2)
     assert eval_metrics.macro_average([0.2, 0.6], [0.03, None]) == (pytest.approx(0.4), None)
+
+
+@pytest.mark.parametrize(
+    "gold, answer, correct",
+    [
+        ("4.4e7", "44241339", True),  # Minerva: more figures than the gold, rounds to it
+        ("6630", "6630.65", True),
+        ("1.6", "1.57", True),
+        ("0.264", "0.265", False),  # rounds to another value
+        ("0.264", "0.26", False),  # fewer figures than the gold
+        ("12", "12.4", False),  # short integers are exact values, not measurements
+    ],
+)
+def test_minerva_golds_are_rounded_measurements(grader, gold, answer, correct):
+    assert grader.grade(gold, f"\\boxed{{{answer}}}", rounded_gold=True).correct is correct
+    assert grader.grade(gold, f"\\boxed{{{answer}}}").correct is (answer == gold)  # exact elsewhere
+
+
+def test_hyperbolic_functions_equal_their_exponential_form(grader):
+    gold = "\\frac{1}{2a}(\\exp{a*t} - \\exp{-a*t})"
+    assert grader.grade(gold, "\\boxed{\\frac{1}{a}\\sinh(at)}").correct
+    assert not grader.grade(gold, "\\boxed{\\frac{1}{a}\\cosh(at)}").correct

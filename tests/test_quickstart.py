@@ -14,7 +14,7 @@ import pytest
 
 from endo_rl.core.errors import UserError
 from endo_rl.quickstart import config as qs_config
-from endo_rl.quickstart.task import AdditionProblem, extract_answer, is_correct, make_splits, sample_set
+from endo_rl.quickstart.task import AdditionProblem, final_answer, is_correct, make_splits, sample_set
 from endo_rl.quickstart.tokenizer import SYMBOLS, build_tokenizer, encode, save_and_reload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def test_every_trace_step_is_right_by_brute_force():
             assert lhs == f"{total}+{x}"
             total += x
             assert int(rhs) == total
-        assert extract_answer(p.trace) == sum(p.operands)
+        assert final_answer(p.trace) == sum(p.operands)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_every_trace_step_is_right_by_brute_force():
     ],
 )
 def test_extract_answer(response, answer):
-    assert extract_answer(response) == answer
+    assert final_answer(response) == answer
 
 
 def test_wrong_answer_is_wrong_even_with_a_right_trace_prefix():

@@ -9,6 +9,7 @@ one-line message for a NaN loss is a row of tests/test_reliability_inputs.py.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,15 @@ def test_nonfinite_gradients_stop_at_their_step_and_keep_the_last_checkpoint(tin
     good = tmp_path / "one_step"
     Trainer(tiny_cfg(tiny_model_dir, good, "train.max_steps=1")).fit()
     # (random_states_0.pkl also holds Python's global RNG, which other code in this process moves)
-    files = ("model.safetensors", "optimizer.bin", "scheduler.bin", checkpoint.STATE_FILE)
+    files = ("model.safetensors", "optimizer.bin", "scheduler.bin")
     assert digest(step1, files) == digest(checkpoint.checkpoints_dir(good) / "step-1", files)
+    state, good_state = (
+        json.loads((d / "step-1" / checkpoint.STATE_FILE).read_text())
+        for d in (step1.parent, checkpoint.checkpoints_dir(good))
+    )
+    assert state.pop("config")["output_dir"] == str(out)  # the configs differ in output_dir and max_steps
+    good_state.pop("config")
+    assert state == good_state
     assert load_file(str(step1 / "model.safetensors")).keys()
     resumed = Trainer(tiny_cfg(tiny_model_dir, out, "resume=true"))
     assert resumed.step == 1

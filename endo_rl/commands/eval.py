@@ -11,6 +11,15 @@ from pathlib import Path
 
 from endo_rl.core.errors import UserError
 
+EPILOG = """examples:
+  endo-rl eval --model DIR --benchmarks math500,gsm8k --data-dir ../shared/benchmarks --limit 50 --out r.json
+  endo-rl eval --predictions r.predictions.jsonl --data-dir ../shared/benchmarks --out regraded.json
+  endo-rl compare before.json after.json
+
+Offline (HF_HUB_OFFLINE=1 or no network) pass --data-dir DIR with DIR/<benchmark>/test.jsonl. Completions are
+appended to <out>.predictions.jsonl as they are generated; rerunning the same command resumes from them.
+The report counts no-answer, parse-error and timeout gradings separately (never silently as zeros)."""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `EvalSettings`, with its defaults (not restated here), plus model and file paths."""
@@ -19,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from endo_rl.evaluation.evaluator import EvalSettings
 
     d = EvalSettings()
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = EPILOG
     p.add_argument("--model", default=None, help="model directory, .gguf file, or Hub id")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (a directory)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
@@ -27,7 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--data-dir", default=d.data_dir, help="directory with <benchmark>/test.jsonl (default: Hub datasets)"
     )
     p.add_argument("--template", default=d.template, help=f"one of {', '.join(TEMPLATES)}")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"default {d.max_new_tokens}")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None, help="default 1024; 2048 with --extract harness"
+    )
+    p.add_argument(
+        "--extract",
+        default=d.extract,
+        choices=["boxed", "harness"],
+        help="last \\boxed{} (default, as the training reward) or the Qwen2.5-Math harness's fallback chain",
+    )
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=d.top_p, help=f"default {d.top_p}")
     p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off (default)")
@@ -72,6 +91,7 @@ def _settings(args: argparse.Namespace):
         data_dir=args.data_dir,
         template=args.template,
         max_new_tokens=args.max_new_tokens,
+        extract=args.extract,
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
@@ -98,6 +118,7 @@ def summary_table(report: dict) -> str:
     avg = report["average"]
     se = "-" if avg["stderr"] is None else f"{100 * avg['stderr']:.1f}"
     lines.append(f"{'average':<15} {100 * avg['accuracy']:>7.1f} {se:>6}")
+    lines.append(f"answer extraction: {report['settings'].get('extract', 'boxed')}")
     return "\n".join(lines)
 
 
@@ -110,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model is not None:
             raise UserError("--predictions re-grades saved completions: do not pass --model with it")
         report = evaluator.regrade(
-            args.predictions, args.data_dir, args.grading_timeout, not args.no_progress
+            args.predictions, args.data_dir, args.grading_timeout, not args.no_progress, args.extract
         )
     else:
         if args.model is None:
@@ -143,7 +164,7 @@ def _generate_and_grade(args: argparse.Namespace, settings, out: Path) -> dict:
     from endo_rl.core import models
     from endo_rl.evaluation import evaluator
 
-    device = args.device or models.default_device()
+    device = models.check_device(args.device or models.default_device(), "--device")
     tokenizer = models.load_tokenizer(
         args.tokenizer or args.model, None if args.tokenizer else args.gguf_file
     )

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from pathlib import Path
 
 from endo_rl.core.errors import UserError
+from endo_rl.core.paths import check_writable
 from endo_rl.rm_eval.metrics import METHODS
 
 
@@ -18,6 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from endo_rl.rm_eval.run import RMEvalSettings
 
     d = RMEvalSettings(model="", data="", out="")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = """example:
+  endo-rl rm-eval --model DIR --data ../shared/benchmarks/rm_bench --limit 20 --out rm.json
+
+Scores go to rm.jsonl as they are made (rerunning the same command resumes); rm.json holds the accuracies,
+rm.png the bars. A tie counts as wrong, as in RM-Bench."""
     p.add_argument("--model", required=True, help="model directory, .gguf file, or Hub id")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (a directory)")
     p.add_argument("--data", required=True, help="RM-Bench .json, pairs .jsonl, or a directory of them")
@@ -76,13 +85,15 @@ def check_args(args: argparse.Namespace) -> None:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
-    if args.alpha <= 0:
+    if not (args.alpha > 0 and math.isfinite(args.alpha)):
         raise UserError(f"--alpha must be > 0, got {args.alpha}")
     for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
     if not args.out.endswith(".json"):
         raise UserError(f"--out {args.out} must end in .json")
+    check_writable(args.out, "--out")  # before any model loads
+    check_writable(Path(args.out).with_suffix(".png"), "--out")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 from pathlib import Path
 
 from endo_rl.core.errors import UserError
+from endo_rl.core.paths import check_writable
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = """examples:
+  endo-rl score --model DIR --prompt "What is 2+2?" --response "4"
+  endo-rl score --model model.gguf --chat --prompt "Capital of France?" --response "Paris." --html s.html
+
+Prints each response token's endogenous reward r_h = alpha * (z_h[a_h] - logsumexp z_{h+1}) and log-prob, and
+their sum (the sequence reward); --html writes a heat map (hover a token for its values)."""
     p.add_argument("--model", required=True, help="model directory, .gguf file, or Hub id")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (a directory)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
@@ -29,13 +39,15 @@ def run(args: argparse.Namespace) -> int:
     from endo_rl.reward import text as reward_text
     from endo_rl.reward.reference import ReferenceModel
 
-    if args.alpha <= 0:
+    if not (args.alpha > 0 and math.isfinite(args.alpha)):
         raise UserError(f"--alpha must be > 0, got {args.alpha}")
+    if args.html:
+        check_writable(args.html, "--html")  # before the model loads
     if not args.response:
         raise UserError("--response is empty: there is nothing to score")
     if args.system is not None and not args.chat:
         raise UserError("--system needs --chat (the system prompt is part of the chat rendering)")
-    device = args.device or models.default_device()
+    device = models.check_device(args.device or models.default_device(), "--device")
     tokenizer = models.load_tokenizer(
         args.tokenizer or args.model, None if args.tokenizer else args.gguf_file
     )
@@ -51,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
     tokens = reward_text.token_strings(tokenizer, scored.token_ids)
     if args.html:
         page = reward_text.render_html(
-            tokens, scored.token_rewards, scored.logprobs, f"endogenous reward: {args.model}"
+            tokens, scored.token_rewards, scored.logprobs, f"endogenous reward: {args.model}", args.prompt
         )
         Path(args.html).write_text(page, encoding="utf-8")
+        print(f"wrote {args.html}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(
             json.dumps(

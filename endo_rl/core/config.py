@@ -5,6 +5,7 @@ Load with `endo_rl.core.config.load(path, overrides)`; unknown keys and wrong ty
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,9 +105,8 @@ class SamplingConfig:
     max_new_tokens: int = 1024
     """Response length limit; longer responses are truncated and counted."""
     temperature: float = 1.0
-    """Sampling temperature (0: greedy). In RL the policy's log-probs (old and new) and the KL use softmax(z / T),
-    the distribution that sampled (T = 1 for greedy rollouts, a debugging setting); the endogenous reward always
-    uses the reference's raw logits (T = 1)."""
+    """Sampling temperature (0: greedy). RL log-probs and the KL use softmax(z / T) (T = 1 for greedy rollouts);
+    the endogenous reward always uses the reference's raw logits."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
     top_k: int = 0
@@ -122,15 +122,6 @@ class GenerationConfig(SamplingConfig):
     backend: Literal["auto", "hf", "static"] = "auto"
     """hf: transformers' generate; static: static KV cache + CUDA graphs (Llama/Qwen2-style models);
     auto: static on CUDA when the model supports it, else hf."""
-
-    def __post_init__(self):
-        if not self.temperature >= 0:
-            raise UserError(f"config key 'generation.temperature' must be >= 0, got {self.temperature}")
-
-    @property
-    def loss_temperature(self) -> float:
-        """The T of softmax(z / T) in the policy's log-probs and the KL: the sampling temperature (1 if greedy)."""
-        return self.temperature if self.temperature > 0 else 1.0
 
 
 @dataclass
@@ -170,9 +161,8 @@ class AlgoConfig:
     ppo_epochs: int = 1
     """Passes over each rollout batch; each pass is one optimizer step per mini-batch (train.mini_batch_size)."""
     truncation: Literal["auto", "terminal", "bootstrap", "mask"] = "auto"
-    """A response cut at generation.max_new_tokens: terminal (treated as ended), bootstrap (a time limit: the
-    reward and the critic's value continue past the cut; needs a critic, i.e. ppo), mask (left out of the loss,
-    as DAPO). auto: bootstrap with a critic, else mask. Reasons in endo_rl/rl/truncation.py."""
+    """Responses cut at generation.max_new_tokens: terminal | bootstrap (time limit; needs a critic: ppo) | mask
+    (out of the loss, as DAPO). auto: bootstrap with a critic, else mask. See endo_rl/rl/truncation.py."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """Used only when name=ppo."""
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -204,9 +194,8 @@ class TrainConfig:
     prompts_per_step: int = 8
     """Prompts per step (global); each gets `algo.group_size` responses."""
     mini_batch_size: int | None = None
-    """Sequences per optimizer step (global, all processes): the step's prompts_per_step x group_size sequences
-    are split into mini-batches in order, one optimizer step each, with the rollout-time log-probs held fixed
-    (PPO as in verl/OpenRLHF: the ratio leaves 1 and the clip binds). None: the whole rollout, one step."""
+    """Sequences per optimizer step (global): the rollout is split into mini-batches, one optimizer step each,
+    rollout-time log-probs fixed (PPO as verl/OpenRLHF; the clip binds). None: one step per rollout."""
     micro_batch_size: int = 8
     """Sequences per forward/backward pass (gradient accumulation covers the rest of a mini-batch)."""
     lr: float = 1e-6
@@ -245,6 +234,12 @@ class BenchmarkConfig(SamplingConfig):
 
     temperature: float = 0.0
     """0: greedy."""
+    max_new_tokens: int | None = None
+    """Response length limit; None: 1024 with extract "boxed", 2048 (the Qwen2.5-Math harness's default) with
+    extract "harness"."""
+    extract: Literal["boxed", "harness"] = "boxed"
+    """How the final answer is found: "boxed" (last `\\boxed{}`, as the training reward) or "harness" (the
+    Qwen2.5-Math harness's fallback chain and question handling, to compare with published baselines)."""
     benchmarks: list[str] = field(default_factory=lambda: ["math500"])
     """Benchmark names."""
     data_dir: str | None = None
@@ -269,6 +264,10 @@ class EvalConfig(BenchmarkConfig):
     def __post_init__(self):
         if self.every < 0:
             raise UserError(f"config key 'eval.every' must be >= 0, got {self.every}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise UserError(
+                f"config key 'eval.max_new_tokens' must be >= 1 or null, got {self.max_new_tokens}"
+            )
 
 
 @dataclass
@@ -317,19 +316,67 @@ def check_batch_sizes(cfg: ExperimentConfig, world_size: int) -> None:
             f"per step is not divisible by world size x train.micro_batch_size = {world_size} x "
             f"{t.micro_batch_size} = {world_size * t.micro_batch_size}"
         )
-    mini = t.mini_batch_size
-    if mini is not None and (sequences % mini or mini % (world_size * t.micro_batch_size)):
+    if (mini := t.mini_batch_size) is not None and (
+        sequences % mini or mini % (world_size * t.micro_batch_size)
+    ):
         raise UserError(
-            f"train.mini_batch_size={mini} must divide the {sequences} sequences per step (train.prompts_per_step "
-            f"x algo.group_size = {t.prompts_per_step} x {group}) and be a multiple of world size x "
-            f"train.micro_batch_size = {world_size} x {t.micro_batch_size} = {world_size * t.micro_batch_size}"
+            f"train.mini_batch_size={mini} must divide the {sequences} sequences per step (prompts_per_step x "
+            f"group_size) and be a multiple of world size x train.micro_batch_size = {world_size} x {t.micro_batch_size}"
         )
 
 
-def local_mini_batch(cfg: ExperimentConfig, world_size: int) -> int:
-    """Sequences per optimizer step on one process (the whole local rollout when train.mini_batch_size is None)."""
-    t = cfg.train
-    return (t.mini_batch_size or t.prompts_per_step * cfg.algo.group_size) // world_size
+def _finite(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
+    def ok(x: float) -> bool:
+        return math.isfinite(x) and (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
+
+    return ok
+
+
+# key -> (what is expected, test); None values (optional keys) are not checked. The __post_init__ checks
+# above run first; these cover the values that used to crash later or train on nonsense silently. NaN/Inf
+# reward weights and vf_coef are stopped at step 1 by the trainer's non-finite guard (naming rewards/loss).
+VALUE_RULES = {
+    "reward.endogenous.alpha": ("a finite number > 0", _finite(0, lo_open=True)),
+    "lora.r": ("an integer >= 1", _finite(1)),
+    "lora.alpha": ("an integer >= 1", _finite(1)),
+    "lora.dropout": ("a number in [0, 1)", _finite(0, 1, hi_open=True)),
+    "data.max_prompt_length": ("an integer >= 1", _finite(1)),
+    "generation.max_new_tokens": ("an integer >= 1", _finite(1)),
+    "generation.temperature": ("a finite number >= 0 (0: greedy)", _finite(0)),
+    "generation.top_p": ("a number in (0, 1]", _finite(0, 1, lo_open=True)),
+    "generation.top_k": ("an integer >= 0 (0: off)", _finite(0)),
+    "generation.batch_size": ("an integer >= 1", _finite(1)),
+    "algo.kl_coef": ("a finite number >= 0", _finite(0)),
+    "algo.ppo.gamma": ("a number in [0, 1]", _finite(0, 1)),
+    "algo.ppo.lam": ("a number in [0, 1]", _finite(0, 1)),
+    "algo.clip_eps": ("a finite number > 0", _finite(0, lo_open=True)),
+    "algo.ppo.value_clip": ("a finite number > 0", _finite(0, lo_open=True)),
+    "train.lr": ("a number in (0, 1]", _finite(0, 1, lo_open=True)),
+    "train.value_head_lr": ("a number in (0, 1]", _finite(0, 1, lo_open=True)),
+    "train.weight_decay": ("a finite number >= 0", _finite(0)),
+    "train.warmup_steps": ("an integer >= 0", _finite(0)),
+    "train.max_grad_norm": ("a finite number > 0", _finite(0, lo_open=True)),
+    "eval.limit": ("an integer >= 1", _finite(1)),
+    "eval.max_new_tokens": ("an integer >= 1", _finite(1)),
+    "eval.temperature": ("a finite number >= 0 (0: greedy)", _finite(0)),
+    "eval.n_samples": ("an integer >= 1", _finite(1)),
+    "logging.log_every": ("an integer >= 1", _finite(1)),
+}
+
+
+def check_values(cfg: ExperimentConfig) -> None:
+    """Each VALUE_RULES key in range, and settings that cannot learn anything refused; messages name the key."""
+    for key, (expected, ok) in VALUE_RULES.items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is not None and not ok(value):
+            raise UserError(f"config key '{key}' must be {expected}, got {value}")
+    if cfg.algo.name == "grpo" and cfg.generation.temperature == 0:
+        raise UserError(
+            "algo.name=grpo with generation.temperature=0 samples the same response for every member of a "
+            "group, so every advantage is 0 and nothing is learned; set generation.temperature > 0"
+        )
 
 
 def world_size_from_env() -> int:
@@ -345,5 +392,6 @@ def load(
     `world_size` (default: from the environment) is used to check the batch-size arithmetic.
     """
     cfg = config_loader.load(ExperimentConfig, path, overrides, MOVED_KEYS)
+    check_values(cfg)
     check_batch_sizes(cfg, world_size_from_env() if world_size is None else world_size)
     return cfg

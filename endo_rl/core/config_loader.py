@@ -105,8 +105,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _set_path(tree: dict, path: list[str], value: Any, schema: type) -> None:
-    """Set tree[a][b] = value, checking each key against the schema so typos fail with a suggestion."""
+def _set_path(tree: dict, path: list[str], value: Any, schema: type, raw: str | None = None) -> None:
+    """Set tree[a][b] = value, checking each key against the schema so typos fail with a suggestion.
+
+    `raw`: the text after '=' of a command-line override; a text key (output_dir=2024) keeps it as written
+    instead of the number YAML would read.
+    """
     node, cls = tree, schema
     for depth, part in enumerate(path):
         full = ".".join(path[: depth + 1])
@@ -118,7 +122,9 @@ def _set_path(tree: dict, path: list[str], value: Any, schema: type) -> None:
         if part not in names:
             raise UserError(f"unknown config key '{full}'{_suggest(part, names, full[: -len(part)])}")
         if depth == len(path) - 1:
-            node[part] = value
+            text_key = typing.get_type_hints(cls)[part] in (str, str | None)
+            keep_raw = raw is not None and text_key and isinstance(value, (int, float))
+            node[part] = raw if keep_raw else value
             return
         cls = typing.get_type_hints(cls)[part]
         child = node.setdefault(part, {})
@@ -127,12 +133,34 @@ def _set_path(tree: dict, path: list[str], value: Any, schema: type) -> None:
         node = child
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise UserError(
+                    f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in the same section "
+                    "(the second would silently replace the first); merge them"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"config file {p} is a directory; expected a YAML recipe file")
     if not p.is_file():
         raise UserError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as err:
+        raise UserError(f"config file {p}: not UTF-8 text (byte 0x{err.object[err.start]:02x})") from err
+    except UserError as err:
+        raise UserError(f"config file {p} {err}") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -190,7 +218,7 @@ def load(
     for text in overrides:
         keys, value = parse_override(text)
         check_moved_override(keys, moved, "on the command line")
-        _set_path(tree, keys, value, schema)
+        _set_path(tree, keys, value, schema, raw=text.split("=", 1)[1])
     return from_dict(schema, tree)
 
 
@@ -200,4 +228,7 @@ def to_dict(cfg: Any) -> dict:
 
 def save(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (every field, defaults included)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    try:
+        Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    except OSError as err:  # a full disk: one line naming the file, not a traceback
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from err

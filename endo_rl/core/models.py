@@ -122,6 +122,21 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def check_device(device: str, flag: str) -> str:
+    """`device` if torch can use it here; a UserError naming `flag` otherwise (e.g. cuda on a CPU-only torch)."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as err:
+        raise UserError(
+            f"{flag} {device!r} is not a device torch knows (expected cpu, cuda or cuda:N)"
+        ) from err
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"{flag} {device}: this torch has no CUDA device available (torch {torch.__version__})"
+        )
+    return device
+
+
 def default_device() -> str:
     """$ENDO_RL_DEVICE if set, else CUDA when present, else CPU."""
     return os.environ.get("ENDO_RL_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")

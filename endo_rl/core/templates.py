@@ -71,7 +71,7 @@ def _qwen_cot(tokenizer, question: str) -> list[int]:
     if _token_id(tokenizer, "<|im_start|>") is None or _token_id(tokenizer, "<|im_end|>") is None:
         raise UserError(
             "template qwen25-math-cot needs <|im_start|> and <|im_end|> tokens, which this tokenizer lacks; "
-            "use --template chat-cot or plain"
+            "choose chat-cot or plain (train: data.template=..., eval: --template ...)"
         )
     return tokenizer(QWEN25_MATH_COT.replace("{question}", question), add_special_tokens=False).input_ids
 
@@ -79,7 +79,8 @@ def _qwen_cot(tokenizer, question: str) -> list[int]:
 def _chat_cot(tokenizer, question: str) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(
-            "template chat-cot needs a tokenizer with a chat template; use qwen25-math-cot or plain"
+            "template chat-cot needs a tokenizer with a chat template; choose qwen25-math-cot or plain "
+            "(train: data.template=..., eval: --template ...)"
         )
     messages = [{"role": "system", "content": COT_SYSTEM}, {"role": "user", "content": question}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

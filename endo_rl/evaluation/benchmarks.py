@@ -13,6 +13,11 @@ Each benchmark keeps its gold answer somewhere else, which is where harnesses go
 | gsm8k | 1319 | the text after `####` of `answer`, thousands separators removed |
 | math | 5000 | last `\\boxed{}` of `solution` |
 
+Gold answers are read as the table says and then, for the few listed in endo_rl.evaluation.gold_overrides,
+replaced by a hand-written gold (each with its reason); `Problem.raw_gold` keeps the original. General fixes
+(scientific notation, trailing punctuation, ...) happen at grading time, for gold and answer alike
+(endo_rl.evaluation.answer_norm).
+
 `Problem.index` is the row number in the benchmark file: predictions and reports refer to problems by it.
 Without a data directory the Hub ids in HUB_SOURCES are used (needs `datasets` and a network; their row order
 is the Hub's, so indices are only comparable between runs on the same source).
@@ -21,6 +26,8 @@ is the Hub's, so indices are only comparable between runs on the same source).
 from __future__ import annotations
 
 import ast
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +35,7 @@ from pathlib import Path
 from endo_rl.core.answers import last_boxed
 from endo_rl.core.errors import UserError
 from endo_rl.core.jsonl import read_jsonl
+from endo_rl.evaluation.gold_overrides import override_gold
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,9 @@ class Problem:
     """Row number in the benchmark file (0-based)."""
     question: str
     gold: str
-    """The gold answer as LaTeX/text, without `$` delimiters or `\\boxed{}`."""
+    """The gold answer as LaTeX/text, without `$` delimiters or `\\boxed{}` (after any hand override)."""
+    raw_gold: str = ""
+    """The gold as the benchmark file has it, before a hand override ("" when the same as `gold`)."""
 
 
 def _strip_dollars(text: str) -> str:
@@ -108,6 +118,9 @@ SPECS: dict[str, _Spec] = {
     "gsm8k": _Spec(("question",), _gold_gsm8k, ("openai/gsm8k", "main", "test")),
     "math": _Spec(("problem",), _gold_boxed, ("DigitalLearningGmbH/MATH-lighteval", None, "test")),
 }
+ROUNDED_GOLDS = ("minerva_math",)
+"""Benchmarks whose golds are rounded measurements (physics to a few significant figures): an answer that rounds
+to the gold is correct (endo_rl.evaluation.compare)."""
 PAPER_BENCHMARKS = ("math500", "minerva_math", "olympiadbench", "aime24", "amc23")
 
 
@@ -146,7 +159,10 @@ def problems_from_rows(name: str, rows: list[tuple[int, dict]], where: str) -> l
         if question is None or not gold:
             missing = "question" if question is None else "gold answer"
             raise UserError(f"{where}, line {lineno}: benchmark {name} row has no {missing}")
-        problems.append(Problem(index=index, question=str(question), gold=gold))
+        fixed = override_gold(name, gold)
+        problems.append(
+            Problem(index=index, question=str(question), gold=fixed, raw_gold=gold if fixed != gold else "")
+        )
     return problems
 
 
@@ -155,12 +171,32 @@ def load_benchmark(name: str, data_dir: str | Path | None = None) -> list[Proble
     check_name(name)
     if data_dir is not None:
         path = benchmark_file(name, Path(data_dir))
-        return problems_from_rows(name, list(read_jsonl(path)), str(path))
+        problems = problems_from_rows(name, list(read_jsonl(path)), str(path))
+        if not problems:
+            raise UserError(f"benchmark {name}: {path} holds no problems")
+        return problems
     return _load_from_hub(name)
+
+
+def _check_hub_reachable(name: str, repo: str) -> None:
+    """Fail in seconds, not after ~30 s of retries, when the Hub is off or unreachable (a proxy is trusted)."""
+    offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "") not in ("", "0")]
+    reason = f"{offline[0]} is set" if offline else None
+    if reason is None and not any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=5).close()
+        except OSError as err:
+            reason = f"huggingface.co cannot be reached ({err.strerror or err})"
+    if reason is not None:
+        raise UserError(
+            f"benchmark {name}: no --data-dir given and {reason}, so the Hub dataset {repo} cannot be "
+            "loaded; pass --data-dir DIR with DIR/<name>/test.jsonl"
+        )
 
 
 def _load_from_hub(name: str) -> list[Problem]:
     repo, config, split = SPECS[name].hub
+    _check_hub_reachable(name, repo)
     try:
         import datasets
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,14 @@ from endo_rl.core import templates
 from endo_rl.core.config import BenchmarkConfig
 from endo_rl.core.errors import UserError
 from endo_rl.evaluation import metrics as eval_metrics
-from endo_rl.evaluation.benchmarks import PAPER_BENCHMARKS, Problem, check_name, load_benchmark
+from endo_rl.evaluation.benchmarks import (
+    PAPER_BENCHMARKS,
+    ROUNDED_GOLDS,
+    Problem,
+    check_name,
+    load_benchmark,
+)
+from endo_rl.evaluation.extraction import HARNESS_MAX_NEW_TOKENS, check_mode
 from endo_rl.evaluation.grading import Grade, Grader
 from endo_rl.evaluation.predictions import (
     Prediction,
@@ -68,14 +76,27 @@ class EvalSettings(BenchmarkConfig):
         shared = {f.name: copy.copy(getattr(benchmark, f.name)) for f in dataclasses.fields(BenchmarkConfig)}
         return cls(**shared, **run)
 
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        if self.max_new_tokens is None:
+            self.max_new_tokens = HARNESS_MAX_NEW_TOKENS if self.extract == "harness" else 1024
+
     def validate(self) -> None:
+        check_mode(self.extract)
         for name in self.benchmarks:
             check_name(name)
         templates.check_template(self.template)
         if self.max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_grading_timeout(self.grading_timeout_s)
         if self.n_samples < 1:
             raise UserError(f"n_samples must be >= 1, got {self.n_samples}")
         if self.n_samples > 1 and self.temperature == 0:
@@ -95,6 +116,7 @@ class EvalSettings(BenchmarkConfig):
             "top_p": self.top_p,
             "top_k": self.top_k,
             "n_samples": self.n_samples,
+            "extract": self.extract,
         }
 
 
@@ -126,13 +148,16 @@ def run_eval(
     if predictions_path.exists():
         saved, rows = read_predictions(predictions_path, tolerate_torn_tail=True)
         if saved is not None:  # files from before top_k was a setting decoded with top_k=0
-            saved = {"top_k": 0, **saved}
+            saved = {"top_k": 0, "extract": "boxed", **saved}  # (and boxed-only before extract existed)
         check_resume_settings(predictions_path, saved, decoding)
     done = {p.key(): p for _, p in rows}
     n_resumed = 0
     torch.manual_seed(settings.seed)
     per_bench, results = {}, []
-    with PredictionWriter(predictions_path, decoding) as writer, Grader(settings.grading_timeout_s) as grader:
+    with (
+        PredictionWriter(predictions_path, decoding) as writer,
+        Grader(settings.grading_timeout_s, extract=settings.extract) as grader,
+    ):
         for name in settings.benchmarks:
             start = time.perf_counter()
             problems = load_benchmark(name, settings.data_dir)
@@ -168,7 +193,10 @@ def _generate_missing(
     """Generate every (problem, sample) of benchmark `name` not in `done`, a micro-batch at a time, appending
     each micro-batch to the predictions file as it finishes. Work is sorted by prompt length, so a resumed
     run rebuilds the same micro-batches after the last saved one."""
-    prompts = {p.index: templates.prompt_ids(settings.template, tokenizer, p.question) for p in problems}
+    prompts = {
+        p.index: templates.prompt_ids(settings.template, tokenizer, _question(p, settings.extract))
+        for p in problems
+    }
     work = sorted(
         ((p.index, s) for p in problems for s in range(settings.n_samples)),
         key=lambda w: (len(prompts[w[0]]), w),
@@ -200,12 +228,29 @@ def _generate_missing(
     bar.close()
 
 
+def _question(problem: Problem, extract: str) -> str:
+    """The question as the prompt shows it. The Qwen2.5-Math harness strips surrounding whitespace and asks
+    yes/no and true/false questions with a hint; "boxed" keeps the benchmark's text unchanged."""
+    if extract != "harness":
+        return problem.question
+    question = problem.question.strip()
+    gold = problem.gold.strip().lower()
+    hint = {
+        "true": " (True or False)",
+        "false": " (True or False)",
+        "yes": " (Yes or No)",
+        "no": " (Yes or No)",
+    }
+    return question + hint.get(gold, "")
+
+
 def _grade_all(
     grader: Grader, problems: Sequence[Problem], preds: Sequence[Prediction], progress: bool, name: str
 ) -> list[Grade]:
     gold = {p.index: p.gold for p in problems}
+    rounded = name in ROUNDED_GOLDS
     return [
-        grader.grade(gold[p.index], p.completion)
+        grader.grade(gold[p.index], p.completion, rounded)
         for p in tqdm(preds, desc=f"grading {name}", unit="ans", disable=not progress)
     ]
 
@@ -267,13 +312,23 @@ def build_report(
     }
 
 
+def check_grading_timeout(seconds: float) -> None:
+    """A timeout <= 0 would turn every answer into a timeout/parse error: refused, not scored as zeros."""
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise UserError(f"grading timeout must be a number of seconds > 0, got {seconds}")
+
+
 def regrade(
     predictions_path: str | Path,
     data_dir: str | Path | None,
     grading_timeout_s: float = 5.0,
     progress: bool = False,
+    extract: str = "boxed",
 ) -> dict:
-    """Grade saved completions without a model. Results keep the file's row order."""
+    """Grade saved completions without a model, finding answers as `extract` says. Results keep the file's
+    row order."""
+    check_mode(extract)
+    check_grading_timeout(grading_timeout_s)
     path = Path(predictions_path)
     saved, rows = read_predictions(path)
     if not rows:
@@ -290,7 +345,7 @@ def regrade(
                 f"index {p.index} is out of range"
             )
     per_bench, grades = {}, {}
-    with Grader(grading_timeout_s) as grader:
+    with Grader(grading_timeout_s, extract=extract) as grader:
         for name in names:
             start = time.perf_counter()
             mine = [(lineno, p) for lineno, p in rows if p.benchmark == name]
@@ -305,6 +360,7 @@ def regrade(
         "benchmarks": names,
         "data_dir": None if data_dir is None else str(data_dir),
         "grading_timeout_s": grading_timeout_s,
+        "extract": extract,
         "regraded_from": str(path),
     }
     return build_report(settings, per_bench, results, str(path), 0)

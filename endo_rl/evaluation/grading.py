@@ -1,8 +1,10 @@
 """Grading math answers with math-verify, with a timeout that holds in any thread or process.
 
-The model's final answer is the content of its last `\\boxed{}` (the Qwen2.5-Math harness convention).
-Gold and answer are both parsed by math-verify and compared with `verify(gold, answer)`, gold first (the
-order matters: math-verify lets the gold decide, e.g., whether a set or an interval is meant).
+The model's final answer is found by endo_rl.evaluation.extraction: by default the content of its last
+`\\boxed{}` ("boxed"; the Qwen2.5-Math harness falls back further, see `extract="harness"` there). Gold and
+answer are compared by endo_rl.evaluation.compare: both normalized, then parsed by math-verify and compared
+with `verify(gold, answer)`, gold first (math-verify lets the gold decide, e.g., whether a set or an interval
+is meant); a gold that does not parse as math is a `parse_error`, never a silent string comparison.
 
 Why a worker process: math-verify's own timeout uses `signal.alarm`, which only works in the main thread;
 elsewhere the error was swallowed and every answer scored 0 in other frameworks. And some inputs
@@ -23,7 +25,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from endo_rl.core.answers import last_boxed
+from endo_rl.evaluation.compare import compare
+from endo_rl.evaluation.extraction import check_mode, final_answer
 
 STATUSES = ("ok", "no_answer", "parse_error", "timeout")
 
@@ -32,8 +35,9 @@ STATUSES = ("ok", "no_answer", "parse_error", "timeout")
 class Grade:
     correct: bool
     status: str
-    """ok: graded (correct or not); no_answer: no `\\boxed{}`; parse_error: math-verify could not parse the
-    answer (or the gold); timeout: grading ran past its deadline."""
+    """ok: graded (correct or not); no_answer: no answer found (no `\\boxed{}` in boxed mode); parse_error:
+    the answer or the gold is not parseable math (detail says which); timeout: grading ran past its
+    deadline."""
     detail: str = ""
 
 
@@ -48,22 +52,14 @@ def _on_alarm(signum, frame):
     raise _Deadline()
 
 
-def _grade_here(gold: str, answer: str, timeout_s: float) -> dict:
+def _grade_here(gold: str, answer: str, timeout_s: float, rounded_gold: bool = False) -> dict:
     """Grade in this process's main thread under a `setitimer` deadline. math-verify's own timeouts are off."""
     import signal
-
-    from math_verify import parse, verify
 
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
-        gold_parsed = parse("\\boxed{" + gold + "}", parsing_timeout=None)
-        if not gold_parsed:
-            return {"correct": False, "status": "parse_error", "detail": "gold answer could not be parsed"}
-        answer_parsed = parse("\\boxed{" + answer + "}", parsing_timeout=None)
-        if not answer_parsed:
-            return {"correct": False, "status": "parse_error", "detail": "answer could not be parsed"}
-        return {"correct": bool(verify(gold_parsed, answer_parsed, timeout_seconds=None)), "status": "ok"}
+        return compare(gold, answer, rounded_gold)
     except _Deadline:
         return {"correct": False, "status": "timeout", "detail": f"grading took over {timeout_s:g} s"}
     except RecursionError:
@@ -76,16 +72,15 @@ def _worker_main() -> None:
     """Loop: one JSON request per stdin line -> one JSON grade per stdout line."""
     import logging
 
-    import math_verify
-
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    math_verify.parse("\\boxed{1}", parsing_timeout=None)  # warm up regexes before saying ready
+    compare("1", "1")  # import math-verify and warm up its regexes before saying ready
     out = sys.stdout
     out.write('{"ready": true}\n')
     out.flush()
     for line in sys.stdin:
         req = json.loads(line)
-        out.write(json.dumps(_grade_here(req["gold"], req["answer"], req["timeout_s"])) + "\n")
+        grade = _grade_here(req["gold"], req["answer"], req["timeout_s"], req.get("rounded_gold", False))
+        out.write(json.dumps(grade) + "\n")
         out.flush()
 
 
@@ -99,7 +94,15 @@ class Grader:
     it is killed and restarted, and the grade is a timeout.
     """
 
-    def __init__(self, timeout_s: float = 5.0, grace_s: float = 2.0, start_timeout_s: float = 120.0):
+    def __init__(
+        self,
+        timeout_s: float = 5.0,
+        grace_s: float = 2.0,
+        start_timeout_s: float = 120.0,
+        extract: str = "boxed",
+    ):
+        check_mode(extract)
+        self.extract = extract
         self.timeout_s = timeout_s
         self.grace_s = grace_s
         self.start_timeout_s = start_timeout_s
@@ -109,15 +112,23 @@ class Grader:
         self._buffer = b""
         self._lock = threading.Lock()
 
-    def grade(self, gold: str, completion: str) -> Grade:
-        """Grade the last `\\boxed{}` of a completion against the gold answer."""
-        answer = last_boxed(completion)
+    def grade(self, gold: str, completion: str, rounded_gold: bool = False) -> Grade:
+        """Grade the completion's final answer (found as `self.extract` says) against the gold answer.
+        `rounded_gold`: the gold is a rounded measurement (Minerva); see endo_rl.evaluation.compare."""
+        answer = final_answer(completion, self.extract)
         if answer is None:
-            return Grade(False, "no_answer", "no \\boxed{} in the completion")
-        return self.grade_answer(gold, answer)
+            what = "no \\boxed{} in the completion" if self.extract == "boxed" else "no answer found"
+            return Grade(False, "no_answer", what)
+        return self.grade_answer(gold, answer, rounded_gold)
 
-    def grade_answer(self, gold: str, answer: str) -> Grade:
-        request = json.dumps({"gold": gold, "answer": answer, "timeout_s": self._child_timeout_s}) + "\n"
+    def grade_answer(self, gold: str, answer: str, rounded_gold: bool = False) -> Grade:
+        request = {
+            "gold": gold,
+            "answer": answer,
+            "timeout_s": self._child_timeout_s,
+            "rounded_gold": rounded_gold,
+        }
+        request = json.dumps(request) + "\n"
         with self._lock:
             self._ensure_started()
             try:

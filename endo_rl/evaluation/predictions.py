@@ -55,6 +55,8 @@ def _parse_row(row: dict, where: str, samples_seen: dict[tuple[str, int], int]) 
     sample = row.get("sample")
     if sample is None:  # hand-written files: repeated rows of one problem are its samples, in file order
         sample = samples_seen.get(key, 0)
+    elif not isinstance(sample, int) or isinstance(sample, bool) or sample < 0:
+        raise UserError(f"{where}: sample must be a non-negative integer, got {sample!r}")
     samples_seen[key] = max(samples_seen.get(key, 0), sample + 1)
     return Prediction(key[0], index, sample, completion, row.get("n_tokens"), row.get("truncated"))
 
@@ -65,7 +67,18 @@ def read_predictions(
     """(settings row or None, [(line number, prediction)]) in file order."""
     settings, rows = read_resumable(path, tolerate_torn_tail)
     seen: dict[tuple[str, int], int] = {}
-    return settings, [(lineno, _parse_row(row, f"{path}, line {lineno}", seen)) for lineno, row in rows]
+    first_line: dict[tuple[str, int, int], int] = {}
+    out = []
+    for lineno, row in rows:
+        prediction = _parse_row(row, f"{path}, line {lineno}", seen)
+        if prediction.key() in first_line:  # would be counted as one more sample of that problem
+            raise UserError(
+                f"{path}, line {lineno}: repeats benchmark {prediction.benchmark}, index {prediction.index}, "
+                f"sample {prediction.sample} of line {first_line[prediction.key()]}"
+            )
+        first_line[prediction.key()] = lineno
+        out.append((lineno, prediction))
+    return settings, out
 
 
 class PredictionWriter:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from endo_rl.core.errors import UserError
 
-_MUST_MATCH = ("template", "max_new_tokens", "temperature", "top_p", "n_samples", "limit")
+_MUST_MATCH = ("template", "max_new_tokens", "temperature", "top_p", "n_samples", "limit", "extract")
 
 
 def load_report(path: str | Path) -> dict:
@@ -54,6 +54,8 @@ def comparison_table(before: dict, after: dict) -> str:
         }
         lines.append(_row("average", avg(before), avg(after)))
     sb, sa = before.get("settings", {}), after.get("settings", {})
+    sb, sa = {"extract": "boxed", **sb}, {"extract": "boxed", **sa}  # reports from before --extract existed
+    lines.append(f"answer extraction: before {sb['extract']}, after {sa['extract']}")
     lines += [
         f"warning: {k} differs: before {sb.get(k)!r}, after {sa.get(k)!r}"
         for k in _MUST_MATCH
@@ -82,6 +84,9 @@ def bar_chart(
         ax.bar([i + shift for i in range(len(names))], acc, width, yerr=err, capsize=3, label=label)
     ax.set_xticks(range(len(names)), names, rotation=20)
     ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(
+        bottom=0, top=max(ax.get_ylim()[1], 5.0)
+    )  # all-zero accuracies: a 0-5 % axis, not -0.04..0.04
     ax.legend()
     fig.tight_layout()
     Path(png_path).parent.mkdir(parents=True, exist_ok=True)

@@ -68,12 +68,20 @@ def _colour(value: float, scale: float) -> str:
     return f"rgb(255,{fade},{fade})" if t < 0 else f"rgb({fade},255,{fade})"
 
 
-def render_html(tokens: list[str], token_rewards: list[float], logprobs: list[float], title: str) -> str:
-    """A self-contained page: response tokens coloured by reward, values on hover."""
+def render_html(
+    tokens: list[str],
+    token_rewards: list[float],
+    logprobs: list[float],
+    title: str,
+    prompt: str | None = None,
+) -> str:
+    """A self-contained page: the prompt (when given), then response tokens coloured by reward, values on hover."""
     scale = max((abs(r) for r in token_rewards), default=1.0)
     spans = []
     for i, (tok, r, lp) in enumerate(zip(tokens, token_rewards, logprobs)):
-        tip = f"token {i}: {tok!r}&#10;reward {r:.4f}&#10;logprob {lp:.4f}"
+        tip = (
+            f"token {i}: {tok!r}\nreward {r:.4f}\nlogprob {lp:.4f}"  # escaped once below: "\n" -> line break
+        )
         spans.append(
             f'<span class="t" style="background:{_colour(r, scale)}" title="{html.escape(tip, quote=True)}">'
             f"{html.escape(tok)}</span>"
@@ -87,5 +95,11 @@ def render_html(tokens: list[str], token_rewards: list[float], logprobs: list[fl
         "</style></head><body>"
         f"<h2>{html.escape(title)}</h2><p>sequence reward <b>{total:.4f}</b> over {len(tokens)} tokens; "
         "green = positive token reward, red = negative; hover a token for its values.</p>"
-        f"<div>{''.join(spans)}</div></body></html>"
+        + (
+            f"<h3>prompt</h3><pre style='white-space:pre-wrap;color:#555'>{html.escape(prompt)}</pre>"
+            "<h3>response</h3>"
+            if prompt is not None
+            else ""
+        )
+        + f"<div>{''.join(spans)}</div></body></html>"
     )

@@ -11,6 +11,7 @@ is the whole state a checkpoint needs.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,10 @@ def _hub_rows(dataset_id: str) -> list[tuple[str, dict]]:
 def _field(row: dict, key: str, config_key: str, where: str) -> str:
     if key not in row:
         raise UserError(f"{where}: no field {key!r} (set by {config_key}); fields: {', '.join(sorted(row))}")
-    return str(row[key])
+    value = row[key]
+    if value is None or isinstance(value, (bool, dict, list)):  # would train on the text "None" or "[...]"
+        raise UserError(f"{where}: field {key!r} (set by {config_key}) is {json.dumps(value)}; expected text")
+    return str(value)
 
 
 def load_prompts(

@@ -14,6 +14,7 @@ release). A separate frozen reference model is a plain replica on every GPU, not
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +25,24 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from endo_rl.core.config import LoraConfig
+from endo_rl.core.errors import UserError
 
 
 def make_accelerator(grad_accum_steps: int, micro_batch_size: int, max_grad_norm: float) -> Accelerator:
-    """An Accelerator for this process (plain or launched); DeepSpeed batch settings fixed from the recipe."""
-    accelerator = Accelerator(gradient_accumulation_steps=grad_accum_steps)
+    """An Accelerator for this process (plain or launched); DeepSpeed batch settings fixed from the recipe.
+
+    Launched processes without a GPU (torchrun / `accelerate launch --multi_gpu` on a CPU machine) are joined
+    over gloo: accelerate would otherwise make each of them a separate single-process run on one output_dir.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator = Accelerator(
+        gradient_accumulation_steps=grad_accum_steps, cpu=world > 1 and not torch.cuda.is_available()
+    )
+    if accelerator.num_processes != world:
+        raise UserError(
+            f"the launcher started {world} processes (WORLD_SIZE={world}) but accelerate joined "
+            f"{accelerator.num_processes}: check the launch command (see `endo-rl train --help`)"
+        )
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
         plugin.deepspeed_config.update(

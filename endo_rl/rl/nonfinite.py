@@ -18,6 +18,16 @@ class NonFiniteGuard:
     def __init__(self, accelerator, on_nonfinite: str, skipped_steps: int = 0):
         self.accelerator, self.on_nonfinite, self.skipped_steps = accelerator, on_nonfinite, skipped_steps
 
+    def check_weights(self, model: torch.nn.Module, when: str) -> None:
+        """Raise when any weight is NaN/Inf (a finite gradient times a huge or NaN lr, say): whatever
+        train.on_nonfinite says, since the optimizer step cannot be undone, and such weights are never saved."""
+        bad = nonfinite_parameters(model)
+        if distributed.any_rank(self.accelerator, bool(bad)):
+            raise NonFiniteError(
+                f"non-finite values (NaN/Inf) in the weights {when} ({', '.join(bad) or 'on another process'}); "
+                "not checkpointed: lower train.lr or train.max_grad_norm"
+            )
+
     def bad(self, tensors: dict[str, torch.Tensor | None], step: int, undoable: bool = True) -> bool:
         """True (on every process) when any tensor holds NaN/Inf and on_nonfinite=skip; raises for error.
 
@@ -40,3 +50,15 @@ class NonFiniteGuard:
         self.skipped_steps += 1
         self.accelerator.print(f"step {step}: non-finite {where}; step skipped ({self.skipped_steps} so far)")
         return True
+
+
+def nonfinite_parameters(model: torch.nn.Module, limit: int = 3) -> list[str]:
+    """Names of (up to `limit`) parameters holding NaN/Inf on this process (ZeRO-3: its own shard)."""
+    bad = []
+    for name, p in model.named_parameters():
+        local = getattr(p, "ds_tensor", p)
+        if local.numel() and not torch.isfinite(local).all():
+            bad.append(name)
+            if len(bad) == limit:
+                break
+    return bad

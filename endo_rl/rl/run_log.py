@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from endo_rl.core.config import LoggingConfig
+from endo_rl.core.errors import UserError
 
 PLOTTED = (
     "loss",
@@ -44,12 +45,23 @@ class RunLog:
             return
         lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp")  # renamed: a kill loses no row
+        try:
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot rewrite {self.metrics_path}: {err.strerror or err}") from err
+        tmp.replace(self.metrics_path)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
-        with open(self.metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        try:
+            with open(self.metrics_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+        except OSError as err:  # a full disk: name the file; the checkpoints are untouched
+            raise UserError(
+                f"cannot append step {step} to {self.metrics_path}: {err.strerror or err}"
+            ) from err
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
@@ -102,6 +114,7 @@ def plot_curves(metrics_path: Path, png_path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     cols = 3
     fig, axes = plt.subplots(
@@ -115,6 +128,7 @@ def plot_curves(metrics_path: Path, png_path: Path) -> Path | None:
         ax.plot(*zip(*points), marker="." if len(points) < 50 else None)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are integers: no 1.2, 1.4 ticks
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.tight_layout()

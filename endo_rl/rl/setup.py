@@ -98,3 +98,19 @@ def load_base(cfg: ExperimentConfig, base_copy: torch.nn.Module | None) -> torch
     if base_copy is not None:
         return base_copy
     return models.load_causal_lm(cfg.model.path, cfg.model.gguf_file, cfg.model.dtype, "cpu")
+
+
+def set_optimizer_settings(optimizer, scheduler, cfg: ExperimentConfig) -> None:
+    """Write the config's learning rates and weight decay into a restored optimizer (groups as in make_optimizer).
+
+    Restoring a checkpoint brings back the saved values; a resume that changed them applies them here. The
+    warm-up schedule is the current config's already (the LambdaLR lambda is not saved).
+    """
+    t = cfg.train
+    base_lrs = [t.lr, t.lr if t.value_head_lr is None else t.value_head_lr][: len(optimizer.param_groups)]
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the scheduler
+    inner.base_lrs = base_lrs
+    for group, base, factor in zip(optimizer.param_groups, base_lrs, inner.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * factor(inner.last_epoch)
+        group["weight_decay"] = t.weight_decay

@@ -28,10 +28,10 @@ import torch
 from tqdm.auto import tqdm
 
 from endo_rl.core import config_loader, models, templates
-from endo_rl.core.config import ExperimentConfig, check_batch_sizes, local_mini_batch, world_size_from_env
+from endo_rl.core.config import ExperimentConfig, check_batch_sizes, world_size_from_env
 from endo_rl.core.errors import UserError
 from endo_rl.generation.sampling import generate
-from endo_rl.rl import advantages, checkpoint, distributed, rewards, truncation
+from endo_rl.rl import advantages, checkpoint, distributed, resume, rewards, run_lock, truncation
 from endo_rl.rl import metrics as step_metrics
 from endo_rl.rl import rollout as rl
 from endo_rl.rl import setup as train_setup
@@ -39,7 +39,7 @@ from endo_rl.rl.data import Prompt, PromptOrder, load_prompts
 from endo_rl.rl.evals import PeriodicEval, TrainEval
 from endo_rl.rl.nonfinite import NonFiniteError, NonFiniteGuard
 from endo_rl.rl.run_log import RunLog
-from endo_rl.rl.update import PolicyUpdate
+from endo_rl.rl.update import PolicyUpdate, local_mini_batch, loss_temperature
 
 __all__ = ["NonFiniteError", "Trainer", "run"]
 
@@ -125,13 +125,18 @@ class Trainer:
     def _resume(self) -> None:
         if not self.cfg.resume:
             return
-        path = checkpoint.latest_checkpoint(self.cfg.output_dir)
+        acc = self.accelerator
+        path, state = checkpoint.newest_intact(self.cfg.output_dir, acc.process_index, acc.print)
         if path is None:
-            self.accelerator.print(
-                f"resume=true but {self.cfg.output_dir} has no complete checkpoint: starting at step 0"
-            )
+            acc.print(f"resume=true but {self.cfg.output_dir} has no complete checkpoint: starting at step 0")
             return
-        state = checkpoint.load(self.accelerator, path)
+        # changes that alter the run's meaning are refused before anything is loaded; safe ones are applied
+        saved = resume.saved_config(state, self.output_dir)
+        applied = resume.check(resume.changes(saved, config_loader.to_dict(self.cfg)), path) if saved else []
+        checkpoint.load(acc, path)
+        for line in applied:
+            acc.print(f"resume: applying the changed {line}")
+        train_setup.set_optimizer_settings(self.optimizer, self.scheduler, self.cfg)
         self.step, self.guard.skipped_steps = state["step"], state["skipped_steps"]
         self.order.load_state_dict(state["data"])
         self.accelerator.print(f"resumed from {path} (step {self.step})")
@@ -240,7 +245,7 @@ class Trainer:
                     response_ids,
                     self.pad_id,
                     self.cfg.train.micro_batch_size,
-                    g.loss_temperature,
+                    loss_temperature(self.cfg),
                 )
             rollout.old_logprobs_BL, rollout.old_entropy_BL = old["logprobs_BL"], old["entropy_BL"]
             rollout.old_values_BL = old.get("values_BL")
@@ -270,7 +275,7 @@ class Trainer:
             self.pad_id,
             endo.alpha,
             mbs,
-            self.cfg.generation.loss_temperature,
+            loss_temperature(self.cfg),
             bootstrap_B,
         )
         if endo.system_prompt is not None or self.reward_lm is not None:
@@ -352,7 +357,12 @@ class Trainer:
             self.log.log(step, metrics)
 
     def save(self) -> Path:
-        state = {"skipped_steps": self.skipped_steps, "data": self.order.state_dict()}
+        self.guard.check_weights(self.model, f"before saving step {self.step}")  # never checkpoint NaN/Inf
+        state = {
+            "skipped_steps": self.skipped_steps,
+            "data": self.order.state_dict(),
+            "config": config_loader.to_dict(self.cfg),
+        }
         return checkpoint.save(self.accelerator, self.output_dir, self.step, state, self.cfg.train.keep_last)
 
     def _finish(self) -> Path:
@@ -370,6 +380,8 @@ class Trainer:
             self.log.close()
         if self.grader is not None:
             self.grader.close()
+        if self.accelerator.is_main_process:
+            run_lock.release(self.output_dir)
         return final
 
 
@@ -380,5 +392,8 @@ def _yield_after(ctx: contextlib.AbstractContextManager, value):
 
 
 def run(cfg: ExperimentConfig, lm=None, tokenizer=None, prompts=None) -> Path:
-    """Train from a config; returns OUTPUT_DIR/final."""
-    return Trainer(cfg, lm=lm, tokenizer=tokenizer, prompts=prompts).fit()
+    """Train from a config; returns OUTPUT_DIR/final. output_dir is unlocked however the run ends."""
+    try:
+        return Trainer(cfg, lm=lm, tokenizer=tokenizer, prompts=prompts).fit()
+    finally:
+        run_lock.release(cfg.output_dir)

@@ -18,10 +18,22 @@ from __future__ import annotations
 
 import torch
 
-from endo_rl.core.config import ExperimentConfig, local_mini_batch
+from endo_rl.core.config import ExperimentConfig
 from endo_rl.rl import algorithms, distributed
 from endo_rl.rl import rollout as rl
 from endo_rl.rl.nonfinite import NonFiniteGuard
+
+
+def local_mini_batch(cfg: ExperimentConfig, world_size: int) -> int:
+    """Sequences per optimizer step on one process (the whole local rollout when train.mini_batch_size is None)."""
+    t = cfg.train
+    return (t.mini_batch_size or t.prompts_per_step * cfg.algo.group_size) // world_size
+
+
+def loss_temperature(cfg: ExperimentConfig) -> float:
+    """The T of softmax(z / T) in the policy's log-probs and the KL: the sampling temperature (1 if greedy)."""
+    t = cfg.generation.temperature
+    return t if t > 0 else 1.0
 
 
 class PolicyUpdate:
@@ -91,7 +103,7 @@ class PolicyUpdate:
     ) -> dict[str, torch.Tensor]:
         """Forward one micro-batch -> its loss terms normalized by its mini-batch's global `denominator`, and
         clip fractions as shares of the mini-batch's global loss `tokens` (whatever `loss_agg` is)."""
-        a, device, t = self.cfg.algo, self.accelerator.device, self.cfg.generation.loss_temperature
+        a, device, t = self.cfg.algo, self.accelerator.device, loss_temperature(self.cfg)
         out = self.model(**vars(batch), temperature=t)
         width = batch.response_mask_BL.shape[1]
 
@@ -147,6 +159,7 @@ class PolicyUpdate:
         sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
         if not skipped:
             self.optimizer.step()
+            guard.check_weights(self.model, f"after the optimizer step of step {step}")
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return skipped

@@ -157,7 +157,7 @@ def score_pending(settings: RMEvalSettings, items: list[Item], done: dict, heade
     if not pending:
         return 0
     s = settings
-    device = s.device or models.default_device()
+    device = models.check_device(s.device or models.default_device(), "--device")
     tokenizer = models.load_tokenizer(s.model, s.gguf_file)
     model = models.load_causal_lm(s.model, s.gguf_file, s.dtype, device)
     models.check_vocab(model, tokenizer)
