@@ -51,9 +51,10 @@ def test_mini_batch_size_must_divide_the_step(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("agg", ["token_mean", "seq_mean"])
 def test_clip_fractions_are_token_shares(tiny_model_dir, tmp_path, agg):
-    """Rollout-time log-probs and values shifted on known rows; lr 0, so the update's forward equals the old pass.
+    """Rollout-time log-probs and values shifted on known rows; one optimizer step, after the only forward, so
+    the update sees the old pass's weights.
     The clip fractions must be the share of tokens where the clip is active, under both aggregations."""
-    trainer = Trainer(tiny_cfg(tiny_model_dir, tmp_path, *EIGHT, "train.lr=0", f"algo.loss_agg={agg}"))
+    trainer = Trainer(tiny_cfg(tiny_model_dir, tmp_path, *EIGHT, f"algo.loss_agg={agg}"))
     prompts = trainer._next_prompts()
     with distributed.gathered_for_generation(trainer.model, trainer.accelerator) as policy:
         rollout = trainer.collect(policy, prompts)
