@@ -6,13 +6,18 @@
 
 TRL calls it with `prompts`, `completions` and `completion_ids` (the sampled token ids). By default those ids are
 scored as they are, so the reward is computed on exactly the tokens the policy produced; this needs the reward
-model to share the policy's tokenizer. Pass `retokenize=True` when it does not: completions are then re-encoded
-from text with the reward model's tokenizer (the `endo-rl score` rules: plain, or the chat template for
-conversational prompts). All completions of a call are scored in micro-batches of `batch_size`.
+model to share the policy's tokenizer. Prompts are tokenized as GRPOTrainer tokenizes them for generation:
+plain text with the tokenizer's special tokens (`tokenizer(text=prompt)`, e.g. a BOS where the tokenizer adds
+one), conversations with `apply_chat_template(..., add_generation_prompt=True, tokenize=True)` and the same
+`chat_template_kwargs` as GRPOConfig (pass them to the constructor). Pass `retokenize=True` when the tokenizers
+differ: completions are then re-encoded from text with the reward model's tokenizer (without special tokens;
+for conversations, as `endo-rl score --chat`). All completions of a call are scored in micro-batches of
+`batch_size`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,10 +50,19 @@ class EndogenousRewardFunc:
 
     __name__ = "endogenous_reward"  # TRL logs rewards under the function's name
 
-    def __init__(self, reference: ReferenceModel, system_prompt: str | None = None, retokenize: bool = False):
+    def __init__(
+        self,
+        reference: ReferenceModel,
+        system_prompt: str | None = None,
+        retokenize: bool = False,
+        chat_template_kwargs: dict[str, Any] | str | None = None,
+    ):
         self.reference = reference
         self.system_prompt = system_prompt
         self.retokenize = retokenize
+        if isinstance(chat_template_kwargs, str):  # GRPOConfig accepts a JSON string too
+            chat_template_kwargs = json.loads(chat_template_kwargs)
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
 
     @classmethod
     def from_pretrained(
@@ -60,24 +74,30 @@ class EndogenousRewardFunc:
         dtype: str = "auto",
         batch_size: int = 16,
         retokenize: bool = False,
+        chat_template_kwargs: dict[str, Any] | str | None = None,
     ) -> EndogenousRewardFunc:
         device = device or models.default_device()
         tokenizer = models.load_tokenizer(path)
         model = models.load_causal_lm(path, dtype=dtype, device=device)
         models.check_vocab(model, tokenizer)
         reference = ReferenceModel(model, tokenizer, alpha=alpha, batch_size=batch_size)
-        return cls(reference, system_prompt=system_prompt, retokenize=retokenize)
+        return cls(reference, system_prompt, retokenize, chat_template_kwargs)
 
     def _prompt_ids(self, prompt: Any) -> list[int]:
+        """The ids GRPOTrainer generated from (its `_tokenize_prompts`), with our system prompt if any."""
         tok = self.reference.tokenizer
         if _is_conversational(prompt):
-            text = tok.apply_chat_template(
-                _with_system(prompt, self.system_prompt), tokenize=False, add_generation_prompt=True
+            out = tok.apply_chat_template(
+                [_with_system(prompt, self.system_prompt)],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                **self.chat_template_kwargs,
             )
-            return tok(text, add_special_tokens=False)["input_ids"]
+            return list(out["input_ids"][0])
         if self.system_prompt is not None:
             raise UserError("system_prompt needs conversational prompts (lists of {role, content} messages)")
-        return tok(prompt, add_special_tokens=False)["input_ids"]
+        return tok(text=prompt)["input_ids"]
 
     def _pair_ids(
         self, prompt: Any, completion: Any, ids: Sequence[int] | None
@@ -95,8 +115,11 @@ class EndogenousRewardFunc:
                     "retokenize=True supports prompts of one user turn (plus an optional system turn)"
                 )
             system = messages[0]["content"] if messages[0]["role"] == "system" else None
-            return scoring.chat_ids(tok, turns[0]["content"], _completion_text(completion), system)
-        return scoring.plain_ids(tok, prompt, _completion_text(completion))
+            return scoring.chat_ids(
+                tok, turns[0]["content"], _completion_text(completion), system, **self.chat_template_kwargs
+            )
+        response_ids = tok(_completion_text(completion), add_special_tokens=False)["input_ids"]
+        return self._prompt_ids(prompt), response_ids
 
     def __call__(
         self,

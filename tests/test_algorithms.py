@@ -77,19 +77,19 @@ def test_policy_loss_hand_computed():
     logp = torch.log(torch.tensor([[1.5, 0.5, 1.0]]))
     adv = torch.tensor([[1.0, 1.0, -2.0]])
     mask = torch.ones(1, 3, dtype=torch.bool)
-    loss, clip_frac = A.policy_loss(logp, torch.zeros(1, 3), adv, mask, clip_eps=0.2, agg="token_mean")
+    loss, clipped = A.policy_loss(logp, torch.zeros(1, 3), adv, mask, clip_eps=0.2, agg="token_mean")
     # per token max(-A rho, -A clip(rho)): [-1.2 (clipped), -0.5, 2.0]
     assert loss.item() == pytest.approx(0.1, abs=1e-6)
-    assert clip_frac.item() == pytest.approx(1 / 3)
+    assert clipped.item() == 1
 
 
 def test_value_loss_hand_computed():
     values, old = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, 0.5]])
     returns = torch.tensor([[3.0, 0.0]])
-    loss, frac = A.value_loss(values, old, returns, torch.ones(1, 2, dtype=torch.bool), 0.2, "token_mean")
+    loss, clipped = A.value_loss(values, old, returns, torch.ones(1, 2, dtype=torch.bool), 0.2, "token_mean")
     # token 0: max(4, (0.7 - 3)^2 = 5.29); token 1: max(4, 0.49)
     assert loss.item() == pytest.approx(0.5 * (5.29 + 4.0) / 2)
-    assert frac.item() == pytest.approx(0.5)
+    assert clipped.item() == 1
 
 
 def test_aggregate_token_and_sequence_mean():

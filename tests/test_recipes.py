@@ -56,6 +56,9 @@ def test_7b_recipes_fit_8_and_16_gpus_and_match_the_paper(name):
     )
     if "ppo" in name:
         assert cfg.algo.name == "ppo" and cfg.algo.ppo.gamma == 1.0 and cfg.reward.endogenous.level == "token"
+    # PPO-style updates as verl's 7B examples: 4 optimizer steps per rollout batch, so the clip can bind
+    assert cfg.train.prompts_per_step * cfg.algo.group_size == 4 * cfg.train.mini_batch_size
+    assert cfg.algo.truncation == ("bootstrap" if "ppo" in name else "mask")
 
 
 def test_tiny_gpu_runs_on_one_and_two_processes():

@@ -39,7 +39,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     "unknown key with no close match": (
         ["train", RECIPE, "algo.zzz=1"],
         "unknown config key 'algo.zzz'; valid keys: algo.clip_eps, algo.group_size, algo.grpo, "
-        "algo.kl_coef, algo.kl_mode, algo.loss_agg, algo.name, algo.ppo, algo.ppo_epochs",
+        "algo.kl_coef, algo.kl_mode, algo.loss_agg, algo.name, algo.ppo, algo.ppo_epochs, algo.truncation",
     ),
     "a key that moved (command line)": (
         ["train", RECIPE, "algo.gamma=0.9"],

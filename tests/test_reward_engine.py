@@ -35,9 +35,13 @@ def pairs(qwen_tokenizer):
 
 
 def brute_force(
-    model, prompt: list[int], response: list[int], alpha: float
+    model, prompt: list[int], response: list[int], alpha: float, cut: bool = False, temperature: float = 1.0
 ) -> tuple[list[float], list[float]]:
-    """A Python loop over positions, one unpadded sequence at a time: r_h = alpha*(z_h[a_h] - lse(z_{h+1}))."""
+    """A Python loop over positions, one unpadded sequence at a time: r_h = alpha*(z_h[a_h] - lse(z_{h+1})).
+
+    After the last token lse := 0 (terminal), or, for a response `cut` at the token limit, the logsumexp of the
+    logits at the last token's own position (z_{H+1}). Log-probs are those of softmax(z / temperature).
+    """
     ids = torch.tensor([prompt + response])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].double()  # [T, V]
@@ -45,9 +49,10 @@ def brute_force(
     for h, token in enumerate(response):
         pos = len(prompt) - 1 + h  # the position whose logits predict response token h
         z_h = logits[pos]
-        next_lse = torch.logsumexp(logits[pos + 1], 0).item() if h + 1 < len(response) else 0.0
+        last = h + 1 == len(response)
+        next_lse = 0.0 if last and not cut else torch.logsumexp(logits[pos + 1], 0).item()
         rewards.append(alpha * (z_h[token].item() - next_lse))
-        logprobs.append(z_h[token].item() - torch.logsumexp(z_h, 0).item())
+        logprobs.append(z_h[token].item() / temperature - torch.logsumexp(z_h / temperature, 0).item())
     return rewards, logprobs
 
 
@@ -62,6 +67,39 @@ def test_token_rewards_match_brute_force(model64, pairs):
         torch.testing.assert_close(out.logprobs_BL[b, : len(r)], torch.tensor(want_lp, dtype=torch.float64))
         assert out.token_rewards_BL[b, len(r) :].abs().sum() == 0
         assert out.mask_BL[b].sum() == len(r)  # EOS and the in-response pad id are both scored
+
+
+@pytest.mark.parametrize("forward", [reference_forward, naive_reference_forward])
+def test_truncated_rows_bootstrap_the_soft_value_after_the_last_token(model64, pairs, forward):
+    """A row cut at the token limit: its last reward subtracts alpha * logsumexp(z_{H+1}), not the terminal 0."""
+    prompt_ids, response_ids = pairs
+    cut_B = torch.tensor([False, True, True])
+    kwargs = {"chunk_size": 4} if forward is reference_forward else {}
+    batch = pack(prompt_ids, response_ids, PAD)
+    out = forward(model64, batch, 0.7, bootstrap_B=cut_B, **kwargs)
+    terminal = forward(model64, batch, 0.7, **kwargs)
+    for b, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        want_r, _ = brute_force(model64, p, r, alpha=0.7, cut=bool(cut_B[b]))
+        got = out.token_rewards_BL[b, : len(r)]
+        torch.testing.assert_close(got, torch.tensor(want_r, dtype=torch.float64), rtol=1e-10, atol=1e-10)
+        assert out.rewards_B[b].item() == pytest.approx(math.fsum(want_r), rel=1e-10)
+        if cut_B[b]:  # the old behaviour (terminal for every row) differs by alpha * lse(z_{H+1})
+            gap = terminal.token_rewards_BL[b, len(r) - 1] - got[-1]
+            assert gap.item() == pytest.approx(0.7 * out.final_lse_B[b].item(), rel=1e-10)
+            assert abs(gap.item()) > 0.1
+
+
+@pytest.mark.parametrize("forward", [reference_forward, naive_reference_forward])
+def test_logprobs_use_the_sampling_temperature_and_rewards_the_raw_logits(model64, pairs, forward):
+    prompt_ids, response_ids = pairs
+    batch = pack(prompt_ids, response_ids, PAD)
+    raw = forward(model64, batch, 1.0)
+    hot = forward(model64, batch, 1.0, temperature=0.5)
+    torch.testing.assert_close(hot.token_rewards_BL, raw.token_rewards_BL)
+    for b, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        _, want = brute_force(model64, p, r, alpha=1.0, temperature=0.5)
+        torch.testing.assert_close(hot.logprobs_BL[b, : len(r)], torch.tensor(want, dtype=torch.float64))
+    assert (hot.logprobs_BL - raw.logprobs_BL).abs().max() > 0.1
 
 
 def test_sequence_reward_telescopes(model64, pairs):
@@ -131,7 +169,7 @@ def test_logit_stats_against_log_softmax():
     torch.manual_seed(0)
     hidden, weight = torch.randn(11, 8, dtype=torch.float64), torch.randn(50, 8, dtype=torch.float64)
     bias, targets = torch.randn(50, dtype=torch.float64), torch.randint(0, 50, (11,))
-    chosen, lse = reward.logit_stats(hidden, weight, targets, bias, chunk_size=3)
+    chosen, lse, _ = reward.logit_stats(hidden, weight, targets, bias, chunk_size=3)
     logits = hidden @ weight.T + bias
     torch.testing.assert_close(chosen - lse, torch.log_softmax(logits, -1)[torch.arange(11), targets])
 

@@ -21,9 +21,11 @@ PROMPTS = REPO / "recipes" / "debug" / "arithmetic.jsonl"
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_single_process(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("mini", [[], ["train.mini_batch_size=4"]], ids=["one_step", "mini_batches"])
+def test_two_process_ddp_matches_single_process(tiny_model_dir, tmp_path, mini):
+    """Also with two optimizer steps per rollout (mini-batches of 4 = 2 per process x 2 processes)."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    args = [f"model.path={tiny_model_dir}", f"data.train={PROMPTS}", "train.max_steps=2"]
+    args = [f"model.path={tiny_model_dir}", f"data.train={PROMPTS}", "train.max_steps=2", *mini]
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     single = subprocess.run(
         [

@@ -73,3 +73,57 @@ def test_grpo_trainer_runs_a_step_with_it(reward_func, tiny_model_dir, tmp_path)
     assert logged, trainer.state.log_history
     assert torch.isfinite(torch.tensor(logged[0]["rewards/endogenous_reward/mean"]))
     assert any(not torch.equal(before[k], v) for k, v in policy.named_parameters())
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(qwen_tokenizer):
+    """The Qwen tokenizer made to add a BOS (as Llama-style tokenizers do), with a template that reads a kwarg."""
+    import copy
+
+    from tokenizers import processors
+
+    tok = copy.deepcopy(qwen_tokenizer)
+    bos = ("<|endoftext|>", 151643)
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos[0]} $A", pair=f"{bos[0]} $A $B", special_tokens=[bos]
+    )
+    tok.chat_template = (
+        "{%- if mood is defined %}<|im_start|>mood\n{{ mood }}<|im_end|>\n{%- endif %}" + tok.chat_template
+    )
+    assert tok("hi")["input_ids"][0] == bos[1]
+    return tok
+
+
+def test_prompts_are_tokenized_as_grpo_trainer_does(bos_tokenizer, tiny_model_dir, tmp_path):
+    """Against TRL itself: the ids GRPOTrainer generates from, for plain and conversational prompts."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from endo_rl.reward.reference import ReferenceModel
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    kwargs = {"mood": "calm"}
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        num_generations=2,
+        report_to=[],
+        use_cpu=True,
+        chat_template_kwargs=kwargs,
+    )
+    func = EndogenousRewardFunc(ReferenceModel(policy, bos_tokenizer), chat_template_kwargs=kwargs)
+    trainer = GRPOTrainer(
+        model=policy,
+        reward_funcs=[func],
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["a", "b"]}),
+        processing_class=bos_tokenizer,
+    )
+    plain = ["What is 2+2?", "Say hi."]
+    chats = [[{"role": "user", "content": p}] for p in plain]
+    for prompts in (plain, chats):
+        trl_ids, _, _ = trainer._tokenize_prompts(prompts)
+        assert [func._prompt_ids(p) for p in prompts] == [list(ids) for ids in trl_ids]
+    assert func._prompt_ids(plain[0])[0] == 151643  # the BOS TRL adds
+    assert "calm" in bos_tokenizer.decode(func._prompt_ids(chats[0]))

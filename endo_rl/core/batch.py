@@ -27,6 +27,8 @@ class PackedBatch:
     """True for the real tokens of each response; a contiguous prefix per row."""
     response_ids_BL: torch.Tensor
     """Response tokens in response layout (pad id past each response)."""
+    final_index_B: torch.Tensor
+    """Position of each row's last response token: its output is z_{H+1}, the state after the response."""
 
     def to(self, device: torch.device | str) -> PackedBatch:
         return PackedBatch(**{k: v.to(device) for k, v in vars(self).items()})
@@ -57,6 +59,7 @@ def pack(
     predictor_index_BL = torch.zeros((B, L), dtype=torch.long)
     response_ids_BL = torch.full((B, L), pad_id, dtype=torch.long)
     response_mask_BL = torch.zeros((B, L), dtype=torch.bool)
+    final_index_B = torch.zeros(B, dtype=torch.long)
     for b, (p, r) in enumerate(zip(prompt_ids, response_ids)):
         offset = T - lengths[b] if padding_side == "left" else 0
         seq = torch.tensor(list(p) + list(r), dtype=torch.long)
@@ -67,6 +70,7 @@ def pack(
         predictor_index_BL[b] = torch.arange(first_predictor, first_predictor + L).clamp(max=T - 1)
         response_ids_BL[b, : len(r)] = torch.tensor(r, dtype=torch.long)
         response_mask_BL[b, : len(r)] = True
+        final_index_B[b] = offset + lengths[b] - 1
     return PackedBatch(
         input_ids_BT,
         attention_mask_BT,
@@ -74,6 +78,7 @@ def pack(
         predictor_index_BL,
         response_mask_BL,
         response_ids_BL,
+        final_index_B,
     )
 
 

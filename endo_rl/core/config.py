@@ -107,7 +107,8 @@ class SamplingConfig:
     max_new_tokens: int = 1024
     """Response length limit; longer responses are truncated and counted."""
     temperature: float = 1.0
-    """Sampling temperature (0: greedy). Rewards and log-probs always use the raw logits."""
+    """Sampling temperature (0: greedy). RL log-probs and the KL use softmax(z / T) (T = 1 for greedy rollouts);
+    the endogenous reward always uses the reference's raw logits."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
     top_k: int = 0
@@ -160,7 +161,10 @@ class AlgoConfig:
     loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
     """Average the loss over all tokens, or per sequence then over sequences."""
     ppo_epochs: int = 1
-    """Passes over each rollout batch; each pass is one optimizer step (PPO and GRPO)."""
+    """Passes over each rollout batch; each pass is one optimizer step per mini-batch (train.mini_batch_size)."""
+    truncation: Literal["auto", "terminal", "bootstrap", "mask"] = "auto"
+    """Responses cut at generation.max_new_tokens: terminal | bootstrap (time limit; needs a critic: ppo) | mask
+    (out of the loss, as DAPO). auto: bootstrap with a critic, else mask. See endo_rl/rl/truncation.py."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """Used only when name=ppo."""
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -191,8 +195,11 @@ class TrainConfig:
     """RL steps (one rollout batch each)."""
     prompts_per_step: int = 8
     """Prompts per step (global); each gets `algo.group_size` responses."""
+    mini_batch_size: int | None = None
+    """Sequences per optimizer step (global): the rollout is split into mini-batches, one optimizer step each,
+    rollout-time log-probs fixed (PPO as verl/OpenRLHF; the clip binds). None: one step per rollout."""
     micro_batch_size: int = 8
-    """Sequences per forward/backward pass (gradient accumulation covers the rest)."""
+    """Sequences per forward/backward pass (gradient accumulation covers the rest of a mini-batch)."""
     lr: float = 1e-6
     """Peak learning rate (AdamW)."""
     value_head_lr: float | None = None
@@ -200,7 +207,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_steps: int = 0
-    """Linear warm-up steps."""
+    """Linear warm-up, in optimizer steps (ppo_epochs x mini-batches of them per RL step)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
     save_every: int = 0
@@ -211,6 +218,10 @@ class TrainConfig:
     """NaN/Inf in rewards, advantages, loss or gradients: stop, or skip the batch and count it."""
 
     def __post_init__(self):
+        if self.mini_batch_size is not None and self.mini_batch_size < 1:
+            raise UserError(
+                f"config key 'train.mini_batch_size' must be >= 1 or null, got {self.mini_batch_size}"
+            )
         for key in ("max_steps", "prompts_per_step", "micro_batch_size", "keep_last"):
             if getattr(self, key) < 1:
                 raise UserError(f"config key 'train.{key}' must be >= 1, got {getattr(self, key)}")
@@ -293,7 +304,7 @@ class ExperimentConfig:
 
 
 def check_batch_sizes(cfg: ExperimentConfig, world_size: int) -> None:
-    """Every rank gets whole prompt groups and a whole number of micro-batches; the message shows the numbers."""
+    """Every rank gets whole prompt groups and whole mini- and micro-batches; the message shows the numbers."""
     t, group = cfg.train, cfg.algo.group_size
     if t.prompts_per_step % world_size:
         raise UserError(
@@ -306,6 +317,13 @@ def check_batch_sizes(cfg: ExperimentConfig, world_size: int) -> None:
             f"train.prompts_per_step x algo.group_size = {t.prompts_per_step} x {group} = {sequences} sequences "
             f"per step is not divisible by world size x train.micro_batch_size = {world_size} x "
             f"{t.micro_batch_size} = {world_size * t.micro_batch_size}"
+        )
+    if (mini := t.mini_batch_size) is not None and (
+        sequences % mini or mini % (world_size * t.micro_batch_size)
+    ):
+        raise UserError(
+            f"train.mini_batch_size={mini} must divide the {sequences} sequences per step (prompts_per_step x "
+            f"group_size) and be a multiple of world size x train.micro_batch_size = {world_size} x {t.micro_batch_size}"
         )
 
 

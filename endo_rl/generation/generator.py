@@ -22,8 +22,8 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from endo_rl.core.batch import left_pad
 from endo_rl.generation import static as static_decode
+from endo_rl.generation.hf import hf_rows
 from endo_rl.generation.sampling import Completion, SamplingConfig, cut_at_stop
 
 RowsFn = Callable[[list[Sequence[int]]], list[list[int]]]
@@ -80,24 +80,7 @@ class HFGenerator:
         self.model = model
 
     def _rows(self, prompts, sampling: SamplingConfig, stop_ids, pad_id: int) -> list[list[int]]:
-        greedy = sampling.temperature == 0
-        kwargs = dict(
-            max_new_tokens=sampling.max_new_tokens,
-            do_sample=not greedy,
-            eos_token_id=list(stop_ids),
-            pad_token_id=pad_id,
-            use_cache=True,
-        )
-        if greedy:  # unset the model's own sampling defaults so greedy really is greedy and quiet
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-        device = next(self.model.parameters()).device
-        input_ids, attention_mask = left_pad(prompts, pad_id)
-        sequences = self.model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs
-        )
-        return sequences[:, input_ids.shape[1] :].tolist()
+        return hf_rows(self.model, prompts, sampling, stop_ids, pad_id)
 
     @torch.no_grad()
     def generate(self, prompt_ids, sampling, stop_ids, pad_id, progress=False) -> list[Completion]:

@@ -12,6 +12,11 @@ r_h = alpha * log pi(a_h | s_h) + V(s_h) - V(s_{h+1}) with V = alpha * logsumexp
 Textbook IRL would also need V at the terminal state; the paper (and we) set it to 0, which is what makes the
 sequence reward "log-likelihood plus a prompt-dependent constant".
 
+A response cut at the token limit did not reach a terminal state: the state after its last token still has a
+soft value. `final_lse_B` (logsumexp of the logits after each row's last token, z_{H+1}, from the same forward)
+gives the last token its full reward alpha * (z_H[a_H] - logsumexp(z_{H+1})); a critic then bootstraps the rest
+(`train.truncation=bootstrap`). Rows with final_lse 0 keep the terminal convention.
+
 Everything here takes tensors and returns tensors. Layout: responses are right-aligned to column 0 ("response
 layout"): column h of row b is response token h, and `mask_BL` is a contiguous prefix of True per row.
 
@@ -33,40 +38,59 @@ def logit_stats(
     targets_N: torch.Tensor,
     bias_V: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen-token logit z[a] and logsumexp(z) for each row, never holding more than `chunk_size` rows of logits.
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Chosen-token logit z[a], logsumexp(z) and logsumexp(z / temperature) per row, `chunk_size` rows at a time.
 
     Logits are computed in the weights' dtype (as the model's own head does) and reduced in float32.
-    Returns (chosen_N, lse_N) in float32 (float64 if the weights are float64).
+    Returns (chosen_N, lse_N, lse_at_temperature_N) in float32 (float64 if the weights are float64); the last
+    equals lse_N at temperature 1 (and is then not recomputed).
     """
     out_dtype = torch.promote_types(weight_VD.dtype, torch.float32)
     chosen_N = torch.empty(hidden_ND.shape[0], dtype=out_dtype, device=hidden_ND.device)
     lse_N = torch.empty_like(chosen_N)
+    lse_t_N = lse_N if temperature == 1.0 else torch.empty_like(chosen_N)
     for start in range(0, hidden_ND.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         logits_CV = F.linear(hidden_ND[rows], weight_VD, bias_V).to(out_dtype)
         lse_N[rows] = torch.logsumexp(logits_CV, dim=-1)
+        if temperature != 1.0:
+            lse_t_N[rows] = torch.logsumexp(logits_CV / temperature, dim=-1)
         chosen_N[rows] = logits_CV.gather(-1, targets_N[rows, None]).squeeze(-1)
-    return chosen_N, lse_N
+    return chosen_N, lse_N, lse_t_N
 
 
-def token_logprobs(chosen_BL: torch.Tensor, lse_BL: torch.Tensor, mask_BL: torch.Tensor) -> torch.Tensor:
-    """log pi(a_h | s_h) = z_h[a_h] - logsumexp(z_h); zero outside the mask."""
-    return torch.where(mask_BL, chosen_BL - lse_BL, 0.0)
+def token_logprobs(
+    chosen_BL: torch.Tensor, lse_BL: torch.Tensor, mask_BL: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """log softmax(z_h / T)[a_h] = z_h[a_h] / T - logsumexp(z_h / T); `lse_BL` must be logsumexp(z_h / T).
+
+    Zero outside the mask.
+    """
+    return torch.where(mask_BL, chosen_BL / temperature - lse_BL, 0.0)
 
 
 def endogenous_token_rewards(
-    chosen_BL: torch.Tensor, lse_BL: torch.Tensor, mask_BL: torch.Tensor, alpha: float
+    chosen_BL: torch.Tensor,
+    lse_BL: torch.Tensor,
+    mask_BL: torch.Tensor,
+    alpha: float,
+    final_lse_B: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """r_h = alpha * (z_h[a_h] - logsumexp(z_{h+1})), with logsumexp after each row's last token := 0.
+    """r_h = alpha * (z_h[a_h] - logsumexp(z_{h+1})); after each row's last token logsumexp := final_lse_B.
 
     `lse_BL[:, h+1]` is logsumexp(z_{h+1}) because column h+1 holds the logits that predict token h+1.
-    Zero outside the mask.
+    `final_lse_B`: logsumexp of the logits after the last token for rows cut at the token limit, 0 for rows
+    that ended (terminal); None: every row terminal. Zero outside the mask.
     """
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     next_lse_BL = torch.zeros_like(lse_BL)
     next_lse_BL[:, :-1] = torch.where(mask_BL[:, 1:], lse_BL[:, 1:], 0.0)
+    if final_lse_B is not None:
+        last_B = mask_BL.sum(-1) - 1
+        rows_B = torch.arange(mask_BL.shape[0], device=mask_BL.device)
+        next_lse_BL[rows_B, last_B] = final_lse_B.to(next_lse_BL.dtype)
     return torch.where(mask_BL, alpha * (chosen_BL - next_lse_BL), 0.0)
 
 

@@ -27,9 +27,12 @@ class ReferenceOutput:
 
     token_rewards_BL: torch.Tensor
     logprobs_BL: torch.Tensor
+    """log softmax(z / temperature) of the sampled tokens (temperature 1 unless asked: the KL's reference)."""
     mask_BL: torch.Tensor
     rewards_B: torch.Tensor
     """Sequence-level endogenous reward: the sum of token rewards."""
+    final_lse_B: torch.Tensor
+    """logsumexp(z_{H+1}) of the raw logits after each row's last token (the soft value of the next state)."""
 
 
 @dataclass
@@ -49,14 +52,23 @@ def _has_plain_head(model: torch.nn.Module) -> bool:
 
 
 def _finish(
-    chosen_BL: torch.Tensor, lse_BL: torch.Tensor, mask_BL: torch.Tensor, alpha: float
+    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    final_lse_B: torch.Tensor,
+    mask_BL: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    bootstrap_B: torch.Tensor | None,
 ) -> ReferenceOutput:
-    token_rewards_BL = reward.endogenous_token_rewards(chosen_BL, lse_BL, mask_BL, alpha)
+    """(chosen, lse, lse at temperature) in response layout -> rewards (raw logits) and log-probs (at T)."""
+    chosen_BL, lse_BL, lse_t_BL = stats
+    cut_lse_B = None if bootstrap_B is None else torch.where(bootstrap_B, final_lse_B, 0.0)
+    token_rewards_BL = reward.endogenous_token_rewards(chosen_BL, lse_BL, mask_BL, alpha, cut_lse_B)
     return ReferenceOutput(
         token_rewards_BL=token_rewards_BL,
-        logprobs_BL=reward.token_logprobs(chosen_BL, lse_BL, mask_BL),
+        logprobs_BL=reward.token_logprobs(chosen_BL, lse_t_BL, mask_BL, temperature),
         mask_BL=mask_BL,
         rewards_B=reward.sequence_rewards(token_rewards_BL),
+        final_lse_B=final_lse_B,
     )
 
 
@@ -78,24 +90,54 @@ def gather_response_hidden(hidden_BTD: torch.Tensor, batch: PackedBatch) -> torc
 
 
 def reference_forward(
-    model: torch.nn.Module, batch: PackedBatch, alpha: float, chunk_size: int = reward.DEFAULT_CHUNK_SIZE
+    model: torch.nn.Module,
+    batch: PackedBatch,
+    alpha: float,
+    chunk_size: int = reward.DEFAULT_CHUNK_SIZE,
+    temperature: float = 1.0,
+    bootstrap_B: torch.Tensor | None = None,
 ) -> ReferenceOutput:
-    """Token rewards, log-probs and sequence rewards from one forward pass, chunking the LM head."""
+    """Token rewards, log-probs and sequence rewards from one forward pass, chunking the LM head.
+
+    Rewards always use the raw logits; `logprobs_BL` are those of softmax(z / temperature), the distribution
+    the policy sampled from (for the KL). Rows marked in `bootstrap_B` (cut at the token limit) get
+    logsumexp(z_{H+1}) after their last token instead of the terminal 0.
+    """
     if not _has_plain_head(model):
-        return naive_reference_forward(model, batch, alpha)
+        return naive_reference_forward(model, batch, alpha, temperature, bootstrap_B)
     mask_BL = batch.response_mask_BL
-    hidden_ND = gather_response_hidden(final_hidden_states(model, batch), batch)
+    hidden_BTD = final_hidden_states(model, batch)
     head = model.get_output_embeddings()
-    chosen_N, lse_N = reward.logit_stats(
-        hidden_ND, head.weight, batch.response_ids_BL[mask_BL], head.bias, chunk_size
+    stats_N = reward.logit_stats(
+        gather_response_hidden(hidden_BTD, batch),
+        head.weight,
+        batch.response_ids_BL[mask_BL],
+        head.bias,
+        chunk_size,
+        temperature,
     )
-    chosen_BL = torch.zeros(mask_BL.shape, dtype=chosen_N.dtype, device=chosen_N.device)
-    lse_BL = torch.zeros_like(chosen_BL)
-    chosen_BL[mask_BL], lse_BL[mask_BL] = chosen_N, lse_N
-    return _finish(chosen_BL, lse_BL, mask_BL, alpha)
+    stats_BL = tuple(_scatter(x_N, mask_BL) for x_N in stats_N)
+    rows_B = torch.arange(mask_BL.shape[0], device=mask_BL.device)
+    final_hidden_BD = hidden_BTD[rows_B, batch.final_index_B]
+    _, final_lse_B, _ = reward.logit_stats(
+        final_hidden_BD, head.weight, torch.zeros_like(rows_B), head.bias, chunk_size
+    )
+    return _finish(stats_BL, final_lse_B, mask_BL, alpha, temperature, bootstrap_B)
 
 
-def naive_reference_forward(model: torch.nn.Module, batch: PackedBatch, alpha: float) -> ReferenceOutput:
+def _scatter(x_N: torch.Tensor, mask_BL: torch.Tensor) -> torch.Tensor:
+    out_BL = torch.zeros(mask_BL.shape, dtype=x_N.dtype, device=x_N.device)
+    out_BL[mask_BL] = x_N
+    return out_BL
+
+
+def naive_reference_forward(
+    model: torch.nn.Module,
+    batch: PackedBatch,
+    alpha: float,
+    temperature: float = 1.0,
+    bootstrap_B: torch.Tensor | None = None,
+) -> ReferenceOutput:
     """Same outputs via the model's full [B, T, V] logits upcast to float32 (memory-hungry reference path)."""
     logits_BTV = model(
         input_ids=batch.input_ids_BT,
@@ -106,10 +148,15 @@ def naive_reference_forward(model: torch.nn.Module, batch: PackedBatch, alpha: f
     logits_BTV = logits_BTV.to(torch.promote_types(logits_BTV.dtype, torch.float32))
     index_BLV = batch.predictor_index_BL[..., None].expand(-1, -1, logits_BTV.shape[-1])
     logits_BLV = logits_BTV.gather(1, index_BLV)
-    lse_BL = torch.logsumexp(logits_BLV, dim=-1)
-    chosen_BL = logits_BLV.gather(-1, batch.response_ids_BL[..., None]).squeeze(-1)
     mask_BL = batch.response_mask_BL
-    return _finish(torch.where(mask_BL, chosen_BL, 0.0), torch.where(mask_BL, lse_BL, 0.0), mask_BL, alpha)
+    chosen_BL = logits_BLV.gather(-1, batch.response_ids_BL[..., None]).squeeze(-1)
+    stats_BL = tuple(
+        torch.where(mask_BL, x_BL, 0.0)
+        for x_BL in (chosen_BL, logits_BLV.logsumexp(-1), (logits_BLV / temperature).logsumexp(-1))
+    )
+    rows_B = torch.arange(mask_BL.shape[0], device=mask_BL.device)
+    final_lse_B = logits_BTV[rows_B, batch.final_index_B].logsumexp(-1)
+    return _finish(stats_BL, final_lse_B, mask_BL, alpha, temperature, bootstrap_B)
 
 
 class ReferenceModel:

@@ -24,19 +24,22 @@ def chat_messages(prompt: str, system: str | None) -> list[dict[str, str]]:
     return [*head, {"role": "user", "content": prompt}]
 
 
-def chat_prompt_ids(tokenizer, prompt: str, system: str | None) -> list[int]:
+def chat_prompt_ids(tokenizer, prompt: str, system: str | None, **template_kwargs) -> list[int]:
     text = tokenizer.apply_chat_template(
-        chat_messages(prompt, system), tokenize=False, add_generation_prompt=True
+        chat_messages(prompt, system), tokenize=False, add_generation_prompt=True, **template_kwargs
     )
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def chat_ids(tokenizer, prompt: str, response: str, system: str | None = None) -> tuple[list[int], list[int]]:
+def chat_ids(
+    tokenizer, prompt: str, response: str, system: str | None = None, **template_kwargs
+) -> tuple[list[int], list[int]]:
+    """`template_kwargs` go to the chat template (e.g. TRL's chat_template_kwargs)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise UserError("--chat needs a tokenizer with a chat template, and this tokenizer has none")
-    prompt_ids = chat_prompt_ids(tokenizer, prompt, system)
+    prompt_ids = chat_prompt_ids(tokenizer, prompt, system, **template_kwargs)
     messages = [*chat_messages(prompt, system), {"role": "assistant", "content": response}]
-    full_text = tokenizer.apply_chat_template(messages, tokenize=False)
+    full_text = tokenizer.apply_chat_template(messages, tokenize=False, **template_kwargs)
     full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise UserError(

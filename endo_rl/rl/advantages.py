@@ -3,8 +3,10 @@
     ESTIMATORS = {"grpo": group-normalized sequence rewards, broadcast to tokens (no critic),
                   "ppo":  GAE over token rewards against the value head's values (a critic)}
 
-Every estimator has the same signature, `(rewards_BL, values_BL, mask_BL, algo, reduce) -> (advantages_BL,
-returns_BL or None)`, and says whether it needs a critic (a value head, its values at sampling time and a value
+Every estimator has the same signature, `(rewards_BL, values_BL, mask_BL, algo, reduce, final_values_B) ->
+(advantages_BL, returns_BL or None)`, where `mask_BL` is the loss mask (a response left out of the loss under
+algo.truncation=mask has no True entry, and takes no part in the statistics) and `final_values_B` the value
+after each response (nonzero only for responses cut at the token limit under truncation=bootstrap), and says whether it needs a critic (a value head, its values at sampling time and a value
 loss). The trainer asks the table and never compares `algo.name` itself, so a new algorithm is one entry here
 and a name without an entry is an error, never a silent fallback to another algorithm. The math is in
 `algorithms`; this module only wires the config's settings into it.
@@ -33,9 +35,19 @@ def estimate_grpo(
     mask_BL: torch.Tensor,
     algo: AlgoConfig,
     reduce: Reduce,
+    final_values_B: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, None]:
-    """A_i = (R_i - mean_g R) / (std_g R + eps) over each prompt's group, R_i = sum_h r_h, on every token."""
-    adv_B = algorithms.grpo_advantages(rewards_BL.sum(-1), algo.group_size, algo.grpo.scale_rewards)
+    """A_i = (R_i - mean_g R) / (std_g R + eps) over each prompt's group, R_i = sum_h r_h, on every token.
+
+    Mean and std over the responses in the loss only (all of them unless truncation=mask left some out).
+    """
+    valid_B = mask_BL.any(-1)
+    adv_B = algorithms.grpo_advantages(
+        rewards_BL.sum(-1),
+        algo.group_size,
+        algo.grpo.scale_rewards,
+        valid_B=None if valid_B.all() else valid_B,
+    )
     return torch.where(mask_BL, adv_B[:, None], 0.0), None
 
 
@@ -45,10 +57,12 @@ def estimate_gae(
     mask_BL: torch.Tensor,
     algo: AlgoConfig,
     reduce: Reduce,
+    final_values_B: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE(gamma, lambda) per token; optionally whitened over the whole step (moments summed over ranks)."""
+    """GAE(gamma, lambda) per token, bootstrapping with `final_values_B` after each response; optionally
+    whitened over the whole step (moments summed over ranks)."""
     p = algo.ppo
-    adv_BL, returns_BL = algorithms.gae(rewards_BL, values_BL, mask_BL, p.gamma, p.lam)
+    adv_BL, returns_BL = algorithms.gae(rewards_BL, values_BL, mask_BL, p.gamma, p.lam, final_values_B)
     if p.whiten_advantages:
         adv_BL = algorithms.whiten(adv_BL, mask_BL, reduce(algorithms.masked_moments(adv_BL, mask_BL)))
     return adv_BL, returns_BL
@@ -57,7 +71,8 @@ def estimate_gae(
 @dataclass(frozen=True)
 class Estimator:
     advantages: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
-    """(rewards_BL, values_BL or None, mask_BL, algo, reduce) -> (advantages_BL, returns_BL or None)."""
+    """(rewards_BL, values_BL or None, mask_BL, algo, reduce, final_values_B) -> (advantages_BL, returns_BL
+    or None)."""
     critic: bool
     """Needs a value head: values at sampling time (for GAE) and a value loss in the update."""
 

@@ -53,8 +53,15 @@ class PolicyModel(nn.Module):
         predictor_index_BL: torch.Tensor,
         response_mask_BL: torch.Tensor,
         response_ids_BL: torch.Tensor,
+        final_index_B: torch.Tensor,
+        temperature: float = 1.0,
     ) -> dict[str, torch.Tensor]:
-        """Per response token: log-probs (with grad), entropy (no grad) and values; zero outside the mask."""
+        """Per response token: log-probs (with grad), entropy (no grad) and values; zero outside the mask.
+
+        Log-probs and entropy are those of softmax(logits / temperature), the distribution rollouts are sampled
+        from. With a value head, `final_values_B` is V(s_{H+1}), the value after each row's last token (what a
+        response cut at the token limit bootstraps with).
+        """
         hidden_BTD = self.lm.get_decoder()(
             input_ids=input_ids_BT,
             attention_mask=attention_mask_BT,
@@ -64,7 +71,10 @@ class PolicyModel(nn.Module):
         index_BLD = predictor_index_BL[..., None].expand(-1, -1, hidden_BTD.shape[-1])
         hidden_ND = hidden_BTD.gather(1, index_BLD)[response_mask_BL]
         logprobs_N, entropy_N = head_logprobs(
-            self.lm.get_output_embeddings(), hidden_ND, response_ids_BL[response_mask_BL]
+            self.lm.get_output_embeddings(),
+            hidden_ND,
+            response_ids_BL[response_mask_BL],
+            temperature=temperature,
         )
         out = {
             "logprobs_BL": _scatter(logprobs_N, response_mask_BL),
@@ -73,6 +83,9 @@ class PolicyModel(nn.Module):
         if self.value_head is not None:
             values_N = self.value_head(hidden_ND.to(self.value_head.weight.dtype))[:, 0].float()
             out["values_BL"] = _scatter(values_N, response_mask_BL)
+            rows_B = torch.arange(hidden_BTD.shape[0], device=hidden_BTD.device)
+            final_hidden_BD = hidden_BTD[rows_B, final_index_B].to(self.value_head.weight.dtype)
+            out["final_values_B"] = self.value_head(final_hidden_BD)[:, 0].float()
         return out
 
 
@@ -81,10 +94,10 @@ HEAD_CHUNK = 1024
 
 
 def _head_chunk(
-    head: nn.Module, hidden_CD: torch.Tensor, targets_C: torch.Tensor
+    head: nn.Module, hidden_CD: torch.Tensor, targets_C: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     logits_CV = head(hidden_CD)
-    logits_CV = logits_CV.to(torch.promote_types(logits_CV.dtype, torch.float32))
+    logits_CV = logits_CV.to(torch.promote_types(logits_CV.dtype, torch.float32)) / temperature
     lse_C = logits_CV.logsumexp(-1)
     logprobs_C = logits_CV.gather(-1, targets_C[:, None])[:, 0] - lse_C
     with torch.no_grad():
@@ -93,9 +106,14 @@ def _head_chunk(
 
 
 def head_logprobs(
-    head: nn.Module, hidden_ND: torch.Tensor, targets_N: torch.Tensor, chunk_size: int = HEAD_CHUNK
+    head: nn.Module,
+    hidden_ND: torch.Tensor,
+    targets_N: torch.Tensor,
+    chunk_size: int = HEAD_CHUNK,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(a|s) (with grad) and entropy (no grad) per token, `chunk_size` rows of logits at a time.
+    """log pi(a|s) (with grad) and entropy (no grad) per token of softmax(logits / temperature), `chunk_size`
+    rows of logits at a time.
 
     With gradients on, each chunk is checkpointed: only its hidden rows are kept, and its float32 logits
     are recomputed in the backward pass, so the [N, V] logits never exist at once. The head module (not its
@@ -105,9 +123,13 @@ def head_logprobs(
     for start in range(0, hidden_ND.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         if torch.is_grad_enabled():
-            parts.append(checkpoint(_head_chunk, head, hidden_ND[rows], targets_N[rows], use_reentrant=False))
+            parts.append(
+                checkpoint(
+                    _head_chunk, head, hidden_ND[rows], targets_N[rows], temperature, use_reentrant=False
+                )
+            )
         else:
-            parts.append(_head_chunk(head, hidden_ND[rows], targets_N[rows]))
+            parts.append(_head_chunk(head, hidden_ND[rows], targets_N[rows], temperature))
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 

@@ -36,6 +36,12 @@ class Rollout:
     old_logprobs_BL: torch.Tensor | None = None
     """Policy log-probs at sampling time; None when the update is exactly on-policy (one pass, detach)."""
     old_values_BL: torch.Tensor | None = None
+    old_final_values_B: torch.Tensor | None = None
+    """The critic's V(s_{H+1}) after each response's last token, at sampling time (truncation=bootstrap)."""
+    old_entropy_BL: torch.Tensor | None = None
+    """Entropy of the sampling policy per token (diagnostics), from the same pass as old_logprobs_BL."""
+    loss_mask_BL: torch.Tensor | None = None
+    """The tokens the loss sees (`truncation.loss_mask`: without truncated responses under truncation=mask)."""
     rewards_BL: torch.Tensor | None = None
     """Total token rewards, the KL penalty included when kl_mode=reward (`rewards.compose_rewards`)."""
     reward_parts_B: dict[str, torch.Tensor] | None = None
@@ -61,8 +67,14 @@ def computed_tokens(lengths: list[int], batches: list[list[int]]) -> int:
 
 
 def scatter_rows(parts: list[torch.Tensor], batches: list[list[int]], width: int) -> torch.Tensor:
-    """[b_i, l_i] tensors of each micro-batch's rows into one [B, width] tensor in row order, zero-padded."""
+    """[b_i, l_i] tensors of each micro-batch's rows into one [B, width] tensor in row order, zero-padded
+    ([b_i] tensors, one value per row, into one [B] tensor)."""
     n = sum(len(rows) for rows in batches)
+    if parts[0].dim() == 1:
+        out = torch.zeros(n, dtype=parts[0].dtype)
+        for part, rows in zip(parts, batches, strict=True):
+            out[rows] = part
+        return out
     out = torch.zeros((n, width), dtype=parts[0].dtype)
     for part, rows in zip(parts, batches, strict=True):
         out[rows, : part.shape[1]] = part
@@ -83,14 +95,20 @@ def reference_pass(
     pad_id: int,
     alpha: float,
     batch_size: int,
+    temperature: float = 1.0,
+    bootstrap_B: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(reference log-probs, endogenous token rewards) from one forward per micro-batch, [B, L] on CPU."""
+    """(reference log-probs at `temperature`, endogenous token rewards) from one forward per micro-batch,
+    [B, L] on CPU. Rows marked in `bootstrap_B` get logsumexp(z_{H+1}) after their last token (see
+    `reference_forward`)."""
     device = next(lm.parameters()).device
     width = max(len(r) for r in response_ids)
     batches = micro_batches(sequence_lengths(prompt_ids, response_ids), batch_size)
     logprobs, rewards = [], []
     for rows in batches:
-        out = reference_forward(lm, packed(prompt_ids, response_ids, rows, pad_id, device), alpha)
+        batch = packed(prompt_ids, response_ids, rows, pad_id, device)
+        cut_B = None if bootstrap_B is None else bootstrap_B[rows].to(device)
+        out = reference_forward(lm, batch, alpha, temperature=temperature, bootstrap_B=cut_B)
         logprobs.append(out.logprobs_BL.float().cpu())
         rewards.append(out.token_rewards_BL.float().cpu())
     return scatter_rows(logprobs, batches, width), scatter_rows(rewards, batches, width)
@@ -104,13 +122,15 @@ def policy_pass(
     response_ids: list[list[int]],
     pad_id: int,
     batch_size: int,
+    temperature: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """The policy's log-probs (and values, with a value head) at sampling time, [B, L] on CPU."""
+    """The policy's log-probs and entropy at `temperature` (and values, with a value head) at sampling time,
+    [B, L] (or [B]) on CPU."""
     width = max(len(r) for r in response_ids)
     batches = micro_batches(sequence_lengths(prompt_ids, response_ids), batch_size)
     parts: dict[str, list[torch.Tensor]] = {}
     for rows in batches:
-        out = forward(**vars(packed(prompt_ids, response_ids, rows, pad_id, device)))
+        out = forward(**vars(packed(prompt_ids, response_ids, rows, pad_id, device)), temperature=temperature)
         for key, value in out.items():
             parts.setdefault(key, []).append(value.float().cpu())
     return {key: scatter_rows(values, batches, width) for key, values in parts.items()}

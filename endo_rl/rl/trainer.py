@@ -31,7 +31,7 @@ from endo_rl.core import config_loader, models, templates
 from endo_rl.core.config import ExperimentConfig, check_batch_sizes, world_size_from_env
 from endo_rl.core.errors import UserError
 from endo_rl.generation.generator import Generator, make_generator
-from endo_rl.rl import advantages, checkpoint, distributed, resume, rewards, run_lock
+from endo_rl.rl import advantages, checkpoint, distributed, resume, rewards, run_lock, truncation
 from endo_rl.rl import metrics as step_metrics
 from endo_rl.rl import rollout as rl
 from endo_rl.rl import setup as train_setup
@@ -39,7 +39,7 @@ from endo_rl.rl.data import Prompt, PromptOrder, load_prompts
 from endo_rl.rl.evals import PeriodicEval, TrainEval
 from endo_rl.rl.nonfinite import NonFiniteError, NonFiniteGuard
 from endo_rl.rl.run_log import RunLog
-from endo_rl.rl.update import PolicyUpdate
+from endo_rl.rl.update import PolicyUpdate, local_mini_batch, loss_temperature
 
 __all__ = ["NonFiniteError", "Trainer", "run"]
 
@@ -59,9 +59,11 @@ class Trainer:
         self.cfg, t = cfg, cfg.train
         self.estimator = advantages.estimator(cfg.algo.name)
         self.reward_weights = train_setup.reward_weights(cfg)
-        local_sequences = t.prompts_per_step * cfg.algo.group_size // world_size_from_env()
+        self.truncation = truncation.resolve(cfg.algo.truncation, self.estimator.critic)
         self.accelerator = acc = distributed.make_accelerator(
-            local_sequences // t.micro_batch_size, t.micro_batch_size, t.max_grad_norm
+            local_mini_batch(cfg, world_size_from_env()) // t.micro_batch_size,
+            t.micro_batch_size,
+            t.max_grad_norm,
         )
         check_batch_sizes(cfg, acc.num_processes)
         self.output_dir = (
@@ -223,24 +225,18 @@ class Trainer:
                 self.generator = make_generator(policy.lm, g.backend, g.batch_size)
             # the weights this step's optimizer left (or that ZeRO-3 gathered)
             self.generator.sync_weights(policy.lm)
+            # g is a SamplingConfig: max_new_tokens, temperature, top_p, top_k
+            progress = self.accelerator.is_main_process
             completions = self.generator.generate(
-                prompt_ids,
-                g,  # a SamplingConfig: max_new_tokens, temperature, top_p, top_k
-                self.stop_ids,
-                self.pad_id,
-                progress=self.accelerator.is_main_process,
+                prompt_ids, g, self.stop_ids, self.pad_id, progress=progress
             )
         response_ids = [c.token_ids for c in completions]
+        truncated_B = torch.tensor([c.truncated for c in completions])
         with self._timed("reference"), self._reference(policy) as ref_lm:
-            ref_logprobs_BL, endogenous_BL = self._reference_pass(ref_lm, prompts, response_ids)
-        rollout = rl.Rollout(
-            prompt_ids,
-            response_ids,
-            torch.tensor([c.truncated for c in completions]),
-            rl.response_mask(response_ids),
-            ref_logprobs_BL,
-            endogenous_BL,
-        )
+            ref_logprobs_BL, endogenous_BL = self._reference_pass(ref_lm, prompts, response_ids, truncated_B)
+        mask_BL = rl.response_mask(response_ids)
+        rollout = rl.Rollout(prompt_ids, response_ids, truncated_B, mask_BL, ref_logprobs_BL, endogenous_BL)
+        rollout.loss_mask_BL = truncation.loss_mask(mask_BL, truncated_B, self.truncation)
         if self._needs_old_pass():
             with self._timed("old_logprobs"):
                 old = rl.policy_pass(
@@ -250,28 +246,50 @@ class Trainer:
                     response_ids,
                     self.pad_id,
                     self.cfg.train.micro_batch_size,
+                    loss_temperature(self.cfg),
                 )
-            rollout.old_logprobs_BL = old["logprobs_BL"]
+            rollout.old_logprobs_BL, rollout.old_entropy_BL = old["logprobs_BL"], old["entropy_BL"]
             rollout.old_values_BL = old.get("values_BL")
+            if self.truncation == "bootstrap":
+                rollout.old_final_values_B = torch.where(truncated_B, old["final_values_B"], 0.0)
         return rollout
 
     def _reference_pass(
-        self, ref_lm: torch.nn.Module, prompts: list[Prompt], response_ids: list[list[int]]
+        self,
+        ref_lm: torch.nn.Module,
+        prompts: list[Prompt],
+        response_ids: list[list[int]],
+        truncated_B: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reference log-probs on the policy's prompt, endogenous token rewards)."""
+        """(reference log-probs on the policy's prompt at the sampling temperature, endogenous token rewards on
+        the raw logits; truncated responses bootstrap logsumexp(z_{H+1}) under truncation=bootstrap)."""
         endo, mbs, prompt_ids = (
             self.cfg.reward.endogenous,
             self.cfg.train.micro_batch_size,
             [p.prompt_ids for p in prompts],
         )
+        bootstrap_B = truncated_B if self.truncation == "bootstrap" else None
         ref_logprobs_BL, endogenous_BL = rl.reference_pass(
-            ref_lm, prompt_ids, response_ids, self.pad_id, endo.alpha, mbs
+            ref_lm,
+            prompt_ids,
+            response_ids,
+            self.pad_id,
+            endo.alpha,
+            mbs,
+            loss_temperature(self.cfg),
+            bootstrap_B,
         )
         if endo.system_prompt is not None or self.reward_lm is not None:
             # a second forward, for the reward only: another model and/or the reward model's own prompt
             reward_prompt_ids = [p.reward_prompt_ids or p.prompt_ids for p in prompts]
             _, endogenous_BL = rl.reference_pass(
-                self.reward_lm or ref_lm, reward_prompt_ids, response_ids, self.pad_id, endo.alpha, mbs
+                self.reward_lm or ref_lm,
+                reward_prompt_ids,
+                response_ids,
+                self.pad_id,
+                endo.alpha,
+                mbs,
+                bootstrap_B=bootstrap_B,
             )
         return ref_logprobs_BL, endogenous_BL
 
@@ -281,8 +299,10 @@ class Trainer:
         return _yield_after(distributed.adapter_disabled(policy.lm), policy.lm)
 
     def _needs_old_pass(self) -> bool:
-        """A critic needs values; several epochs need fixed old log-probs; the k1 reward penalty needs log-probs."""
-        return self.estimator.critic or self.cfg.algo.ppo_epochs > 1 or self.reward_weights.kl_coef > 0
+        """A critic needs values; several optimizer steps per rollout (epochs, mini-batches) need the rollout-time
+        log-probs held fixed; the k1 reward penalty needs log-probs."""
+        steps = self.cfg.algo.ppo_epochs * self.update.mini_batches_per_epoch
+        return self.estimator.critic or steps > 1 or self.reward_weights.kl_coef > 0
 
     def score(self, rollout: rl.Rollout, prompts: list[Prompt]) -> None:
         """Grade the responses (when correctness counts), then compose the token rewards and their parts."""
@@ -308,7 +328,12 @@ class Trainer:
             return distributed.sum_over_ranks(self.accelerator, x)
 
         rollout.advantages_BL, rollout.returns_BL = self.estimator.advantages(
-            rollout.rewards_BL, rollout.old_values_BL, rollout.mask_BL, self.cfg.algo, reduce
+            rollout.rewards_BL,
+            rollout.old_values_BL,
+            rollout.loss_mask_BL,
+            self.cfg.algo,
+            reduce,
+            rollout.old_final_values_B,
         )
 
     # ----- metrics, checkpoints ---------------------------------------------------------------------------

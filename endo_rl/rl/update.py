@@ -1,10 +1,15 @@
-"""The policy update of one step: `algo.ppo_epochs` optimizer steps over a rollout, in micro-batches.
+"""The policy update of one step: `algo.ppo_epochs` passes over a rollout, one optimizer step per mini-batch.
 
     loss = clipped policy loss [+ vf_coef * value loss (estimators with a critic)] [+ kl_coef * k3 (kl_mode=loss)]
 
-Each loss is normalized by the step's global token count (token_mean) or sequence count (seq_mean), so the
+The rollout is split in order into mini-batches of `train.mini_batch_size` sequences (all processes together;
+None: the whole rollout), each one optimizer step accumulated over micro-batches. The rollout-time log-probs stay
+fixed across mini-batches and epochs, so from the second step on the ratio leaves 1 and the clip binds (PPO as in
+verl and OpenRLHF; with one step per rollout it is plain policy gradient). Each mini-batch's loss is normalized by
+that mini-batch's global token count (token_mean) or sequence count (seq_mean) over the loss mask, so its
 gradient does not depend on the micro-batch size or the number of processes (see `algorithms.aggregate`).
-NaN/Inf in a loss or the gradients is handled by the `NonFiniteGuard` (stop, or skip the step).
+NaN/Inf in a loss or the gradients is handled by the `NonFiniteGuard` (stop, or skip the rest of the step;
+optimizer steps already taken stay).
 
 Shape legend: B sequences on this process, L longest response.
 """
@@ -19,71 +24,106 @@ from endo_rl.rl import rollout as rl
 from endo_rl.rl.nonfinite import NonFiniteGuard
 
 
+def local_mini_batch(cfg: ExperimentConfig, world_size: int) -> int:
+    """Sequences per optimizer step on one process (the whole local rollout when train.mini_batch_size is None)."""
+    t = cfg.train
+    return (t.mini_batch_size or t.prompts_per_step * cfg.algo.group_size) // world_size
+
+
+def loss_temperature(cfg: ExperimentConfig) -> float:
+    """The T of softmax(z / T) in the policy's log-probs and the KL: the sampling temperature (1 if greedy)."""
+    t = cfg.generation.temperature
+    return t if t > 0 else 1.0
+
+
 class PolicyUpdate:
     """Holds what the update changes (model, optimizer, scheduler); call it once per step."""
 
     def __init__(self, cfg: ExperimentConfig, accelerator, model, optimizer, scheduler, critic: bool):
         self.cfg, self.accelerator, self.critic = cfg, accelerator, critic
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.local_mini = local_mini_batch(cfg, accelerator.num_processes)
+
+    @property
+    def mini_batches_per_epoch(self) -> int:
+        t = self.cfg.train
+        return (
+            t.prompts_per_step * self.cfg.algo.group_size // self.accelerator.num_processes // self.local_mini
+        )
 
     def __call__(
         self, rollout: rl.Rollout, pad_id: int, guard: NonFiniteGuard, step: int
     ) -> dict[str, float]:
-        """ppo_epochs optimizer steps over the rollout, each accumulating gradients over micro-batches.
+        """ppo_epochs x mini-batches optimizer steps over the rollout, each accumulating over micro-batches.
 
-        Returns the loss terms and diagnostics (means over epochs; first-epoch diagnostics as they are).
+        Returns the loss terms and clip fractions as means over the optimizer steps taken (first-pass
+        diagnostics as they are); {} when no response is in the loss (all truncated under truncation=mask).
         """
         cfg, acc = self.cfg, self.accelerator
-        mask = rollout.mask_BL
-        tokens = distributed.sum_over_ranks(acc, mask.sum().double()).item()
-        denominator = (
-            tokens if cfg.algo.loss_agg == "token_mean" else cfg.train.prompts_per_step * cfg.algo.group_size
-        )
+        n = rollout.mask_BL.shape[0]
+        minis = [slice(i, min(i + self.local_mini, n)) for i in range(0, n, self.local_mini)]
+        counts = self._global_counts(rollout.loss_mask_BL, minis)
         # accelerate divides each loss by the accumulation steps and DDP/DeepSpeed average over processes:
-        # undo both, so the gradient is that of the globally normalized loss
+        # undo both, so the gradient is that of the mini-batch's globally normalized loss
         scale = acc.num_processes * acc.gradient_accumulation_steps
         sums: dict[str, torch.Tensor] = {}
-        skipped = False
+        skipped, n_steps = False, 0
         lengths = rl.sequence_lengths(rollout.prompt_ids, rollout.response_ids)
-        batches = rl.micro_batches(lengths, cfg.train.micro_batch_size)  # grouped by length: little padding
         for epoch in range(cfg.algo.ppo_epochs):
-            for rows in batches:
-                with acc.accumulate(self.model):
-                    if skipped:
-                        continue
-                    batch = rl.packed(rollout.prompt_ids, rollout.response_ids, rows, pad_id, acc.device)
-                    losses = self.losses(rollout, rows, batch, denominator)
-                    _accumulate(sums, losses, first_epoch=epoch == 0)
-                    if guard.bad({"loss": losses["loss"]}, step):
-                        skipped = True
-                        continue
-                    acc.backward(losses["loss"] * scale)
-            skipped = self._optimizer_step(sums, skipped, guard, step)
-        n = cfg.algo.ppo_epochs
-        stats = {k: v.item() / n for k, v in sums.items() if not k.startswith("first/")}
+            for mini, (tokens, sequences) in zip(minis, counts, strict=True):
+                if tokens == 0:  # every response of this mini-batch is out of the loss (on every process)
+                    continue
+                denominator = tokens if cfg.algo.loss_agg == "token_mean" else sequences
+                mini_rows = list(range(mini.start, mini.stop))
+                # micro-batches grouped by length inside the mini-batch: little compute on padding
+                for group in rl.micro_batches([lengths[i] for i in mini_rows], cfg.train.micro_batch_size):
+                    rows = [mini_rows[i] for i in group]
+                    with acc.accumulate(self.model):
+                        if skipped:
+                            continue
+                        batch = rl.packed(rollout.prompt_ids, rollout.response_ids, rows, pad_id, acc.device)
+                        losses = self.losses(rollout, rows, batch, denominator, tokens)
+                        _accumulate(sums, losses, first_pass=epoch == 0)
+                        if guard.bad({"loss": losses["loss"]}, step):
+                            skipped = True
+                            continue
+                        acc.backward(losses["loss"] * scale)
+                skipped = self._optimizer_step(sums, skipped, guard, step)
+                n_steps += 1
+        if n_steps == 0:
+            acc.print(f"step {step}: every response was truncated and algo.truncation=mask: no update")
+        stats = {k: v.item() / n_steps for k, v in sums.items() if not k.startswith("first/")}
         stats.update({k.removeprefix("first/"): v.item() for k, v in sums.items() if k.startswith("first/")})
         return stats
 
+    def _global_counts(self, loss_mask_BL: torch.Tensor, minis: list[slice]) -> list[tuple[float, float]]:
+        """(tokens, sequences) in the loss per mini-batch, summed over processes (one all-reduce)."""
+        local = [[float(loss_mask_BL[m].sum()), float(loss_mask_BL[m].any(-1).sum())] for m in minis]
+        total = distributed.sum_over_ranks(self.accelerator, torch.tensor(local, dtype=torch.float64))
+        return [(float(t), float(s)) for t, s in total.tolist()]
+
     def losses(
-        self, rollout: rl.Rollout, rows: list[int], batch, denominator: float
+        self, rollout: rl.Rollout, rows: list[int], batch, denominator: float, tokens: float
     ) -> dict[str, torch.Tensor]:
-        """Forward one micro-batch -> its globally normalized loss terms (and first-epoch diagnostics)."""
-        a, device = self.cfg.algo, self.accelerator.device
-        out = self.model(**vars(batch))
-        mask, width = batch.response_mask_BL, batch.response_mask_BL.shape[1]
+        """Forward one micro-batch -> its loss terms normalized by its mini-batch's global `denominator`, and
+        clip fractions as shares of the mini-batch's global loss `tokens` (whatever `loss_agg` is)."""
+        a, device, t = self.cfg.algo, self.accelerator.device, loss_temperature(self.cfg)
+        out = self.model(**vars(batch), temperature=t)
+        width = batch.response_mask_BL.shape[1]
 
         def cut(x_BL: torch.Tensor) -> torch.Tensor:
             return x_BL[rows, :width].to(device)
 
+        mask = cut(rollout.loss_mask_BL)
         logprobs_BL = out["logprobs_BL"]
         old_BL = cut(rollout.old_logprobs_BL) if rollout.old_logprobs_BL is not None else logprobs_BL.detach()
-        pg_loss, clip_frac = algorithms.policy_loss(
+        pg_loss, clipped = algorithms.policy_loss(
             logprobs_BL, old_BL, cut(rollout.advantages_BL), mask, a.clip_eps, a.loss_agg, denominator
         )
-        terms = {"policy_loss": pg_loss, "clip_fraction": clip_frac * mask.sum() / denominator}
+        terms = {"policy_loss": pg_loss, "clip_fraction": clipped / tokens}
         loss = pg_loss
         if self.critic:
-            v_loss, v_clip = algorithms.value_loss(
+            v_loss, v_clipped = algorithms.value_loss(
                 out["values_BL"],
                 cut(rollout.old_values_BL),
                 cut(rollout.returns_BL),
@@ -93,7 +133,7 @@ class PolicyUpdate:
                 denominator,
             )
             loss = loss + a.ppo.vf_coef * v_loss
-            terms.update(value_loss=v_loss, value_clip_fraction=v_clip * mask.sum() / denominator)
+            terms.update(value_loss=v_loss, value_clip_fraction=v_clipped / tokens)
         ref_BL = cut(rollout.ref_logprobs_BL)
         if a.kl_mode == "loss":
             kl_loss = algorithms.aggregate(
@@ -102,11 +142,13 @@ class PolicyUpdate:
             loss = loss + a.kl_coef * kl_loss
             terms["kl_loss"] = kl_loss
         terms["loss"] = loss
-        # diagnostics of the policy that sampled the rollout (token sums, divided later; first epoch only)
-        terms["first/kl_sum"] = algorithms.masked_sum(
-            algorithms.kl_penalty(logprobs_BL.detach(), ref_BL, "k1"), mask
-        )
-        terms["first/entropy_sum"] = algorithms.masked_sum(out["entropy_BL"], mask)
+        if rollout.old_logprobs_BL is None:
+            # one optimizer step on exactly the sampling policy: its diagnostics come from this forward (token
+            # sums over all response tokens, divided later); otherwise the metrics read the rollout-time pass
+            full = batch.response_mask_BL
+            k1_BL = algorithms.kl_penalty(logprobs_BL.detach(), ref_BL, "k1")
+            terms["first/kl_sum"] = algorithms.masked_sum(k1_BL, full)
+            terms["first/entropy_sum"] = algorithms.masked_sum(out["entropy_BL"], full)
         return terms
 
     def _optimizer_step(self, sums: dict, skipped: bool, guard: NonFiniteGuard, step: int) -> bool:
@@ -127,8 +169,8 @@ class PolicyUpdate:
         return skipped
 
 
-def _accumulate(sums: dict, terms: dict[str, torch.Tensor], first_epoch: bool) -> None:
-    """Add a micro-batch's terms to the step's sums (first-epoch diagnostics only in the first epoch)."""
+def _accumulate(sums: dict, terms: dict[str, torch.Tensor], first_pass: bool) -> None:
+    """Add a micro-batch's terms to the step's sums (first-pass diagnostics only in the first epoch)."""
     for key, value in terms.items():
-        if first_epoch or not key.startswith("first/"):
+        if first_pass or not key.startswith("first/"):
             sums[key] = sums.get(key, 0.0) + value.detach().double().cpu()
