@@ -130,3 +130,16 @@ def test_loss_is_invariant_to_micro_batching(agg):
         total += part.item()
     assert total == pytest.approx(full.item(), rel=1e-12)
     torch.testing.assert_close(grad_acc, grad_full, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("valid", [None, torch.ones(8, dtype=torch.bool)])
+def test_grpo_advantages_ignore_float32_rounding_between_identical_responses(valid):
+    """Identical responses whose float32 rewards differ in the last bits (padding changes the summation order)
+    get advantage 0, not rounding noise blown up to order one by the division by a tiny std."""
+    base = torch.tensor([-312.25] * 4 + [1.0, 2.0, 3.0, 4.0], dtype=torch.float32)
+    noisy = base.clone()
+    noisy[:4] += torch.tensor([0.0, 3e-5, -3e-5, 6e-5])  # a few float32 ulps at 312
+    adv = A.grpo_advantages(noisy, group_size=4, scale=True, valid_B=valid)
+    assert torch.equal(adv[:4], torch.zeros(4))
+    expected = (base[4:] - base[4:].mean()) / (base[4:].std() + 1e-6)  # a real spread is still scaled
+    torch.testing.assert_close(adv[4:], expected)

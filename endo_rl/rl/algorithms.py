@@ -126,9 +126,10 @@ def grpo_advantages(
         )
     rewards_GK = rewards_B.view(-1, group_size)
     if valid_B is None:
-        centred_GK = rewards_GK - rewards_GK.mean(dim=1, keepdim=True)
+        mean_G1 = rewards_GK.mean(dim=1, keepdim=True)
+        centred_GK = rewards_GK - mean_G1
         if scale:
-            centred_GK = centred_GK / (rewards_GK.std(dim=1, keepdim=True) + eps)
+            centred_GK = _scaled(centred_GK, rewards_GK.std(dim=1, keepdim=True), mean_G1, eps)
         return centred_GK.reshape(-1)
     valid_GK = valid_B.view(-1, group_size)
     n_G1 = valid_GK.sum(dim=1, keepdim=True)
@@ -136,8 +137,25 @@ def grpo_advantages(
     centred_GK = torch.where(valid_GK, rewards_GK - mean_G1, 0.0)
     if scale:  # unbiased std over the valid responses, as torch.std
         std_G1 = (centred_GK.square().sum(dim=1, keepdim=True) / (n_G1 - 1).clamp(min=1)).sqrt()
-        centred_GK = centred_GK / (std_G1 + eps)
+        centred_GK = _scaled(centred_GK, std_G1, mean_G1, eps)
     return torch.where(valid_GK & (n_G1 >= 2), centred_GK, 0.0).reshape(-1)
+
+
+REWARD_NOISE = 1e-5
+"""A group whose reward spread is below this fraction of its mean magnitude (plus 1) has no spread."""
+
+
+def _scaled(
+    centred_GK: torch.Tensor, std_G1: torch.Tensor, mean_G1: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Centred rewards / (std + eps); 0 for a group whose std is rounding noise.
+
+    Identical responses can get rewards that differ in their last float32 bits (micro-batches grouped by
+    length pad them differently, which changes the order of the sums). Divided by a std of that size, the
+    rounding noise would become advantages of order one and train on nothing.
+    """
+    real_G1 = std_G1 > REWARD_NOISE * (1.0 + mean_G1.abs())
+    return torch.where(real_G1, centred_GK / (std_G1 + eps), 0.0)
 
 
 def kl_penalty(
