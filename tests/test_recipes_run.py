@@ -75,6 +75,11 @@ def test_slow_recipe_builds_its_trainer_on_its_own_data(name, tiny_model_dir, tm
 )
 def test_training_recipe_runs_one_step_on_its_own_data(recipe, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
+    # A random tiny model never samples a stop token, so under GRPO's default truncation=mask every response
+    # would leave the loss and the step would make no update; the benchmark's stop-token hook makes responses
+    # end as a real model's do (a test-only switch, the recipe itself is unchanged).
+    monkeypatch.setenv("ENDO_RL_MODEL_PLUGIN", "bench.stop_hook:install")
+    monkeypatch.setenv("ENDO_RL_STOP_P", "0.25")
     cfg = config.load(recipe, one_step_overrides(tiny_model_dir, tmp_path / "run"), world_size=1)
     final = run(cfg)
     assert (final / "config.json").is_file() or (final / "adapter_config.json").is_file()
