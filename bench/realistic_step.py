@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -34,21 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpo_step as base  # noqa: E402  (shapes, model building, timing)
 from realistic_table import analyse, table  # noqa: E402
+from stop_hook import stop_logit_hook  # noqa: E402
 
 PARTS = ("ceilings", "decode", "ours", "ours_ppo", "trl")
-
-
-def add_stop_hook(model, eos_id: int, p: float):
-    """Set the EOS logit to log(p V) + s^2/2 per row (s: that row's logit std): stop probability about p."""
-    head = model.get_output_embeddings()
-    base_logit = math.log(p * head.weight.shape[0])
-    index = torch.tensor([eos_id], device=head.weight.device)
-
-    def hook(_module, _inputs, logits):
-        s = logits.detach().std(-1, keepdim=True).float()  # reduced in float32 inside, no float32 copy
-        return logits.index_copy(-1, index, (base_logit + s**2 / 2).to(logits.dtype))
-
-    return head.register_forward_hook(hook)
 
 
 def load_math_prompts(args: argparse.Namespace, tokenizer, n: int) -> list:
@@ -146,7 +133,9 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
         "model.gradient_checkpointing=true",
     ]
     cfg = config.load(None, overrides)
-    add_stop_hook(model, tokenizer.eos_token_id, args.stop_p)
+    model.get_output_embeddings().register_forward_hook(
+        stop_logit_hook(args.stop_p, [tokenizer.eos_token_id])
+    )
     prompts = load_math_prompts(args, tokenizer, args.prompts * steps)
     trainer = Trainer(cfg, lm=model, tokenizer=tokenizer, prompts=prompts)
     shapes: list[dict] = []
@@ -199,7 +188,9 @@ def part_trl(args, model, tokenizer) -> dict:
     reward = EndogenousRewardFunc(
         ReferenceModel(copy.deepcopy(model), tokenizer, batch_size=args.micro_batch)
     )
-    add_stop_hook(model, tokenizer.eos_token_id, args.stop_p)
+    model.get_output_embeddings().register_forward_hook(
+        stop_logit_hook(args.stop_p, [tokenizer.eos_token_id])
+    )
     texts = [tokenizer.decode(p.prompt_ids) for p in load_math_prompts(args, tokenizer, args.prompts * steps)]
     path = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     model.save_pretrained(path)  # TRL builds its KL reference from the policy's path: same random weights
