@@ -27,27 +27,9 @@ def make_tiny_qwen(
     dtype: torch.dtype = torch.float32,
 ):
     """A random Qwen2 with the real vocabulary size: small enough for CPU, real enough for shape bugs."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from endo_rl.core.tiny import tiny_qwen
 
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
-        bos_token_id=151643,
-        eos_token_id=151645,
-        pad_token_id=151643,
-    )
-    model = Qwen2ForCausalLM(cfg).to(dtype)
-    # random init leaves logits nearly flat; widen them so rewards differ visibly between tokens
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0, 1.0)
-    return model.eval()
+    return tiny_qwen(vocab_size, (151643, 151645, 151643), hidden, layers, seed, dtype)
 
 
 def small_qwen(dtype=torch.float64, seed: int = 0):
