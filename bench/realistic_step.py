@@ -67,26 +67,44 @@ def part_ceilings(args, model, tokenizer) -> dict:
     return {"copy_bytes_per_s": base.copy_bandwidth(args.device), "matmul_flops": 2 * 8192**3 / seconds}
 
 
-def part_decode(args, model, tokenizer) -> dict:
-    """Per decode step at batch 64: (time for N tokens - time for 1) / (N - 1), our generator kept warm."""
+def decode_ms_per_step(args, model, prompts, attention: str) -> float:
+    """(time for N tokens - time for 1) / (N - 1) at batch 64 through a warm generator with this attention."""
     from endo_rl.generation import static as static_decode
     from endo_rl.generation.generator import StaticDecoderGenerator
     from endo_rl.generation.sampling import SamplingConfig
 
-    prompts = [p.prompt_ids for p in load_math_prompts(args, tokenizer, 64)]
-    generator = StaticDecoderGenerator(model, batch_size=64)
     n = args.max_new_tokens
+    generator = StaticDecoderGenerator(model, batch_size=64, attention=attention)
     generator.generate(prompts, SamplingConfig(n), [-1], 0)  # warm-up: compile, capture every window
     decoder = generator.decoders[64]
+    width = -(-max(len(p) for p in prompts) // generator.prompt_bucket) * generator.prompt_bucket
 
     def run(tokens: int):
-        width = max(len(p) for p in prompts)
-        width = -(-width // generator.prompt_bucket) * generator.prompt_bucket
         static_decode.generate_rows(decoder, prompts, SamplingConfig(tokens), [-1], 0, width)
 
     full = statistics.median(base.timed(lambda: run(n), args.device, repeat=2, warmup=0))
     first = statistics.median(base.timed(lambda: run(1), args.device, repeat=3, warmup=0))
-    return {"batch": 64, "tokens": n, "ms_per_step": 1e3 * (full - first) / (n - 1)}
+    return 1e3 * (full - first) / (n - 1)
+
+
+def part_decode(args, model, tokenizer) -> dict:
+    """Per decode step at batch 64, our generator kept warm, for each attention of `--decode-attention`
+    (comma-separated "gqa" / "sdpa") in turn on the same prompts, each with its own generator (freed before
+    the next). `ms_per_step` is the first attention's; `by_attention` holds each."""
+    prompts = [p.prompt_ids for p in load_math_prompts(args, tokenizer, 64)]
+    by_attention = {}
+    for attention in args.decode_attention.split(","):
+        by_attention[attention] = decode_ms_per_step(args, model, prompts, attention)
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    first = next(iter(by_attention))
+    return {
+        "batch": 64,
+        "tokens": args.max_new_tokens,
+        "ms_per_step": by_attention[first],
+        "attention": first,
+        "by_attention": by_attention,
+    }
 
 
 def row_order_batches(n: int, size: int) -> list[list[int]]:
@@ -265,6 +283,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--stop-p", type=float, default=1 / 256)
+    p.add_argument(
+        "--decode-attention", default="gqa,sdpa", help="decode part: attentions to time, first one reported"
+    )
     p.add_argument("--steps", type=int, default=10, help="measured steps after warm-up")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--trl-steps", type=int, default=None, help="TRL's measured steps (default --steps)")

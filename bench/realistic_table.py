@@ -122,4 +122,8 @@ def table(results: dict) -> str:
             f"decode at batch {d['batch']} ({d['tokens']} tokens): {d['ms_per_step']:.2f} ms/step, bound "
             f"{d['bound_ms']:.2f} ms: {100 * d['fraction_of_bound']:.0f}% of the weight-read bound"
         )
+    if len(d.get("by_attention", {})) > 1:  # side by side in one process, same prompts
+        rows.append(
+            "decode attention: " + ", ".join(f"{a} {ms:.2f} ms/step" for a, ms in d["by_attention"].items())
+        )
     return "\n".join(rows)

@@ -29,6 +29,7 @@ def make_llama(seed: int = 0):
     return LlamaForCausalLM(cfg).double().eval()
 
 
+@pytest.mark.parametrize("attention", static_decode.ATTENTION)
 @pytest.mark.parametrize(
     "make, window",
     [
@@ -37,11 +38,13 @@ def make_llama(seed: int = 0):
         (make_llama, 3),
     ],
 )
-def test_prefill_and_decode_logits_match_full_forward(make, window):
+def test_prefill_and_decode_logits_match_full_forward(make, window, attention):
     """Also with attention windows smaller than the cache (each decode step attends to a prefix of it)."""
     model = make()
     prompts = [[5, 6, 7, 8, 9], [11, 12], [13, 14, 15]]  # ragged: left padding is exercised
-    decoder = static_decode.StaticDecoder(model, batch_size=3, max_len=5 + 4, window=window)
+    decoder = static_decode.StaticDecoder(
+        model, batch_size=3, max_len=5 + 4, window=window, attention=attention
+    )
     ids = torch.full((3, 5), 0, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for r, p in enumerate(prompts):

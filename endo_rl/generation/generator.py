@@ -108,6 +108,7 @@ class StaticDecoderGenerator:
         window: int = 128,
         use_cuda_graph: bool = True,
         compile: bool | str | object = True,
+        attention: str = "gqa",
     ):
         if not static_decode.supports(model):
             raise ValueError(
@@ -115,7 +116,7 @@ class StaticDecoderGenerator:
             )
         self.model, self.batch_size = model, batch_size
         self.prompt_bucket, self.length_bucket, self.window = prompt_bucket, length_bucket, window
-        self.use_cuda_graph, self.compile = use_cuda_graph, compile
+        self.use_cuda_graph, self.compile, self.attention = use_cuda_graph, compile, attention
         self.decoders: dict[int, static_decode.StaticDecoder] = {}
         """One decoder per batch bucket; its cache only grows."""
 
@@ -139,6 +140,7 @@ class StaticDecoderGenerator:
                 self.use_cuda_graph,
                 self.compile,
                 self.window,
+                self.attention,
             )
             self.decoders[batch] = decoder
         return decoder

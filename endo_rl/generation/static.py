@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from endo_rl.core.batch import left_pad
+from endo_rl.generation.decode_attention import ATTENTION, decode_attention
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 
@@ -118,22 +119,20 @@ def post_attention(x_B1D, attn_BH1d, w: LayerWeights, eps):
 
 
 def decode_layer(
-    fns, x_B1D, w: LayerWeights, k_cache, v_cache, cos_B1d, sin_B1d, slot_1, mask_B11S, dims, eps
+    fns, x_B1D, w, k_cache, v_cache, cos_B1d, sin_B1d, slot_1, valid_BS, dims, eps, attention="gqa"
 ):
     """One decoder layer for one new token per row, writing its key/value at cache slot `slot_1`.
 
     `fns` = (pre_attention, post_attention), compiled or not: torch.compile fuses their elementwise work
     (norms, rotary, SiLU) so a CUDA-graph replay launches a few kernels per layer instead of ~40. The cache
-    write (in place, one slot) and the attention over the window stay outside the compiled code.
+    write (in place, one slot) and the attention over the window (`decode_attention`: "gqa" or "sdpa") stay
+    outside the compiled code.
     """
     pre, post = fns
     q, k, v = pre(x_B1D, w, cos_B1d, sin_B1d, dims, eps)
     k_cache.index_copy_(2, slot_1, k)
     v_cache.index_copy_(2, slot_1, v)
-    n_heads, n_kv, head_dim = dims
-    out = F.scaled_dot_product_attention(
-        q, k_cache, v_cache, attn_mask=mask_B11S, scale=head_dim**-0.5, enable_gqa=n_kv != n_heads
-    )
+    out = decode_attention(q, k_cache, v_cache, valid_BS, dims, attention)
     return post(x_B1D, out, w, eps)
 
 
@@ -167,6 +166,7 @@ class StaticDecoder:
     moved to new storage (e.g. ZeRO-3 gathering them anew).
 
     `compile`: False (eager), True (inductor on CUDA, eager elsewhere) or a torch.compile backend.
+    `attention`: the decode step's attention, "gqa" (default) or "sdpa" (see `decode_layer`).
     """
 
     def __init__(
@@ -177,8 +177,12 @@ class StaticDecoder:
         use_cuda_graph: bool = True,
         compile: bool | str | object = True,
         window: int = 128,
+        attention: str = "gqa",
     ):
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
         cfg = model.config
+        self.attention = attention
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -264,13 +268,24 @@ class StaticDecoder:
     def _decode_step(self, width: int) -> torch.Tensor:
         """One token per row, attending to cache slots [0, width)."""
         self.key_valid_BS.index_fill_(1, self.slot_1, True)
-        mask_B11W = self.key_valid_BS[:, None, None, :width]
+        valid_BW = self.key_valid_BS[:, :width]
         x = self.backbone.embed_tokens(self.token_B1)
         cos, sin = self.backbone.rotary_emb(x, self.position_B1)
         for i, w in enumerate(self.weights):
             k, v = self.k_cache[i, :, :, :width], self.v_cache[i, :, :, :width]
             x = decode_layer(
-                self.layer_fns, x, w, k, v, cos, sin, self.slot_1, mask_B11W, self.dims, self.eps
+                self.layer_fns,
+                x,
+                w,
+                k,
+                v,
+                cos,
+                sin,
+                self.slot_1,
+                valid_BW,
+                self.dims,
+                self.eps,
+                self.attention,
             )
         return self.model.get_output_embeddings()(self.backbone.norm(x[:, -1])).float()
 

@@ -1,0 +1,85 @@
+"""Attention of one new token per row over a static KV cache, grouped-query aware (GQA).
+
+`F.scaled_dot_product_attention` with an explicit mask and `enable_gqa=True` is not eligible for PyTorch's fused
+backends and falls back to the math backend, which repeats K and V to every query head (7x for Qwen2.5-7B:
+28 heads, 4 KV heads) and materialises float32 scores: several times the window's KV bytes per layer per step.
+Here the G = H / K query heads that share a KV head are the rows of one matrix product, so K and V are read
+once, in place (the cache window is a strided view; nothing is copied):
+
+    scores [B*K, G, S] = q [B*K, G, d] @ k^T [B*K, d, S]     (float32 accumulation and output)
+    out    [B*K, G, d] = softmax(scale * scores + mask)  @ v [B*K, S, d]
+
+Shape legend: B batch, H query heads, K KV heads, G = H / K, S window (cache slots), d head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION = ("gqa", "sdpa")
+"""The decode step's attentions: "gqa" (`gqa_decode_attention`, the default) or "sdpa" (PyTorch's SDPA with a
+boolean mask and enable_gqa: its math backend, K/V repeated per query head; kept to compare)."""
+_OUT_DTYPE_OK: dict[str, bool] = {}
+"""Per device type: whether `torch.bmm(..., out_dtype=torch.float32)` ran for half-precision inputs."""
+
+
+def bmm_float32(a_ZMN: torch.Tensor, b_ZNP: torch.Tensor) -> torch.Tensor:
+    """Batched a @ b accumulated and returned in float32 (float64 stays float64).
+
+    On CUDA, bf16/fp16 inputs go through `torch.bmm(..., out_dtype=torch.float32)`: the half-precision operands
+    are read as they are and the float32 scores come straight out of the GEMM. Where that overload is missing
+    (CPU, older torch) the operands are upcast first, which gives the same values.
+    """
+    half = a_ZMN.dtype in (torch.bfloat16, torch.float16)
+    kind = a_ZMN.device.type
+    if half and kind == "cuda" and _OUT_DTYPE_OK.get(kind, True):
+        try:
+            out = torch.bmm(a_ZMN, b_ZNP, out_dtype=torch.float32)
+            _OUT_DTYPE_OK[kind] = True
+            return out
+        except (RuntimeError, NotImplementedError, TypeError):  # first call is eager (warm-up, not capture)
+            _OUT_DTYPE_OK[kind] = False
+    dtype = torch.promote_types(a_ZMN.dtype, torch.float32)
+    return torch.bmm(a_ZMN.to(dtype), b_ZNP.to(dtype))
+
+
+def gqa_decode_attention(
+    q_BH1d: torch.Tensor,
+    k_BKSd: torch.Tensor,
+    v_BKSd: torch.Tensor,
+    key_valid_BS: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """softmax(scale q k^T, keys where `key_valid_BS` is False excluded) v for one query token per row: [B,H,1,d].
+
+    Query head h reads KV head h // G (as transformers' `repeat_kv`). Every row must see at least one key (in
+    decoding the new token always sees itself); a row that sees none comes out NaN, as in SDPA. The softmax is
+    in float32; probabilities are cast to the value dtype for the second product, as SDPA does.
+    """
+    B, H, _, d = q_BH1d.shape
+    K, S = k_BKSd.shape[1], k_BKSd.shape[2]
+    G = H // K
+    if G * K != H or q_BH1d.shape[2] != 1:
+        raise ValueError(f"query {tuple(q_BH1d.shape)} is not one token with a multiple of {K} heads")
+    q_ZGd = q_BH1d.reshape(B * K, G, d)
+    k_ZSd, v_ZSd = k_BKSd.flatten(0, 1), v_BKSd.flatten(0, 1)  # views: B and K merge without a copy
+    scores_BKGS = bmm_float32(q_ZGd, k_ZSd.transpose(1, 2)).view(B, K, G, S) * scale
+    scores_BKGS = scores_BKGS.masked_fill(~key_valid_BS[:, None, None, :], float("-inf"))
+    probs_ZGS = scores_BKGS.softmax(-1).to(v_BKSd.dtype).view(B * K, G, S)
+    return torch.bmm(probs_ZGS, v_ZSd).view(B, H, 1, d)
+
+
+def decode_attention(q_BH1d, k_BKSd, v_BKSd, key_valid_BS, dims, attention: str = "gqa") -> torch.Tensor:
+    """The decode step's attention over the window, [B, H, 1, d]; `dims` = (heads, KV heads, head dim)."""
+    n_heads, n_kv, head_dim = dims
+    if attention == "gqa":
+        return gqa_decode_attention(q_BH1d, k_BKSd, v_BKSd, key_valid_BS, head_dim**-0.5)
+    return F.scaled_dot_product_attention(
+        q_BH1d,
+        k_BKSd,
+        v_BKSd,
+        attn_mask=key_valid_BS[:, None, None, :],
+        scale=head_dim**-0.5,
+        enable_gqa=n_kv != n_heads,
+    )

@@ -1,0 +1,102 @@
+"""GQA decode attention against a float64 brute-force loop and against SDPA (math backend) on CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from endo_rl.generation.decode_attention import bmm_float32, gqa_decode_attention
+
+
+def brute_force_BH1d(q, k, v, valid, scale):
+    """Loop over rows and query heads in float64; head h reads KV head h // (H / K)."""
+    B, H, _, d = q.shape
+    K, S = k.shape[1], k.shape[2]
+    out = torch.zeros(B, H, 1, d, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            kv = h // (H // K)
+            scores = [
+                scale * sum(float(q[b, h, 0, i]) * float(k[b, kv, s, i]) for i in range(d))
+                if valid[b, s]
+                else None
+                for s in range(S)
+            ]
+            top = max(x for x in scores if x is not None)
+            weights = [0.0 if x is None else math.exp(x - top) for x in scores]
+            total = sum(weights)
+            for s in range(S):
+                out[b, h, 0] += weights[s] / total * v[b, kv, s].double()
+    return out
+
+
+def left_padded_valid(B, S, generator):
+    """Each row: some left padding, then visible keys to the end (the last key always visible)."""
+    valid = torch.ones(B, S, dtype=torch.bool)
+    for b in range(B):
+        valid[b, : int(torch.randint(0, S - 1, (1,), generator=generator))] = False
+    valid[0, 1] = False  # a hole inside a row is masked too
+    valid[0, -1] = True
+    return valid
+
+
+def inputs(B, H, K, S, d, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, 1, d, generator=g).to(dtype)
+    # the cache window is a strided view of a longer cache, as in the decoder
+    k = torch.randn(B, K, S + 5, d, generator=g).to(dtype)[:, :, :S]
+    v = torch.randn(B, K, S + 5, d, generator=g).to(dtype)[:, :, :S]
+    return q, k, v, left_padded_valid(B, S, g)
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2), (14, 2)])  # G = 1, 2, 7
+def test_matches_float64_brute_force(heads, kv_heads):
+    q, k, v, valid = inputs(3, heads, kv_heads, 9, 8, torch.float64)
+    got = gqa_decode_attention(q, k, v, valid, 8**-0.5)
+    assert got.shape == (3, heads, 1, 8) and got.dtype == torch.float64
+    torch.testing.assert_close(got, brute_force_BH1d(q, k, v, valid, 8**-0.5), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2), (28, 4)])
+def test_half_and_single_precision_match_brute_force_and_sdpa(dtype, tol, heads, kv_heads):
+    q, k, v, valid = inputs(4, heads, kv_heads, 33, 16, dtype, seed=1)
+    got = gqa_decode_attention(q, k, v, valid, 0.25)
+    assert got.dtype == dtype
+    want = brute_force_BH1d(q, k, v, valid, 0.25)
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        sdpa = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=valid[:, None, None, :], scale=0.25, enable_gqa=heads != kv_heads
+        )
+    torch.testing.assert_close(got.double(), sdpa.double(), rtol=tol, atol=tol)
+
+
+def test_bf16_scores_are_float32():
+    """The score product keeps float32 accumulation and output for half-precision operands."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(2, 3, 64, generator=g).bfloat16()
+    b = torch.randn(2, 64, 5, generator=g).bfloat16()
+    out = bmm_float32(a, b)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), a.double() @ b.double(), rtol=1e-6, atol=1e-5)
+
+
+def test_masked_keys_do_not_matter():
+    q, k, v, valid = inputs(2, 4, 2, 7, 8, torch.float32, seed=3)
+    noisy_k, noisy_v = k.clone(), v.clone()
+    noisy_k[~valid[:, None, :, None].expand_as(k)] = 1e4
+    noisy_v[~valid[:, None, :, None].expand_as(v)] = 7.0
+    torch.testing.assert_close(
+        gqa_decode_attention(q, noisy_k, noisy_v, valid, 0.3),
+        gqa_decode_attention(q, k, v, valid, 0.3),
+    )
+
+
+def test_rejects_heads_not_a_multiple_of_kv_heads():
+    q, k, v, valid = inputs(1, 4, 2, 3, 8, torch.float32)
+    with pytest.raises(ValueError, match="multiple of 3"):
+        gqa_decode_attention(q[:, :4], k[:, :1].expand(1, 3, 3, 8), v[:, :1].expand(1, 3, 3, 8), valid, 1.0)
