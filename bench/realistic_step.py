@@ -143,6 +143,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
         "algo.kl_coef=0.01",
         f"train.prompts_per_step={args.prompts}",
         f"train.micro_batch_size={args.micro_batch}",
+        f"train.logprob_micro_batch_size={args.logprob_micro_batch}",
         "train.lr=1e-6",
         f"train.max_steps={steps}",
         f"generation.max_new_tokens={args.max_new_tokens}",
@@ -282,6 +283,12 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument(
+        "--logprob-micro-batch",
+        type=int,
+        default=32,
+        help="ours: micro-batch of the no-grad passes (reference, old)",
+    )
     p.add_argument("--stop-p", type=float, default=1 / 256)
     p.add_argument(
         "--decode-attention", default="gqa,sdpa", help="decode part: attentions to time, first one reported"

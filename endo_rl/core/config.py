@@ -200,6 +200,8 @@ class TrainConfig:
     rollout-time log-probs fixed (PPO as verl/OpenRLHF; the clip binds). None: one step per rollout."""
     micro_batch_size: int = 8
     """Sequences per forward/backward pass (gradient accumulation covers the rest of a mini-batch)."""
+    logprob_micro_batch_size: int | None = None
+    """Sequences per no-grad pass (reference, PPO's old log-probs/values); None: train.micro_batch_size."""
     lr: float = 1e-6
     """Peak learning rate (AdamW)."""
     value_head_lr: float | None = None
@@ -218,10 +220,9 @@ class TrainConfig:
     """NaN/Inf in rewards, advantages, loss or gradients: stop, or skip the batch and count it."""
 
     def __post_init__(self):
-        if self.mini_batch_size is not None and self.mini_batch_size < 1:
-            raise UserError(
-                f"config key 'train.mini_batch_size' must be >= 1 or null, got {self.mini_batch_size}"
-            )
+        for key in ("mini_batch_size", "logprob_micro_batch_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise UserError(f"config key 'train.{key}' must be >= 1 or null, got {getattr(self, key)}")
         for key in ("max_steps", "prompts_per_step", "micro_batch_size", "keep_last"):
             if getattr(self, key) < 1:
                 raise UserError(f"config key 'train.{key}' must be >= 1, got {getattr(self, key)}")

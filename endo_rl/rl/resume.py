@@ -37,6 +37,7 @@ APPLIED_PREFIXES = (
     "train.keep_last",
     "train.on_nonfinite",
     "train.micro_batch_size",
+    "train.logprob_micro_batch_size",
     "generation.batch_size",
     "generation.backend",
     "model.gradient_checkpointing",
