@@ -83,3 +83,19 @@ def decode_attention(q_BH1d, k_BKSd, v_BKSd, key_valid_BS, dims, attention: str 
         scale=head_dim**-0.5,
         enable_gqa=n_kv != n_heads,
     )
+
+
+def distinct_rows(ids_BP: torch.Tensor, mask_BP: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(rows_U, copies_B) for a batch whose rows repeat (GRPO samples each prompt group_size times): rows_U the
+    first row of each distinct (ids, mask) row, copies_B for each row the index in rows_U of its copy, so
+    `x_U[copies_B]` is `x_B` for anything computed per row. None when every row is distinct."""
+    B = ids_BP.shape[0]
+    _, copies_B = torch.unique(torch.cat([ids_BP, mask_BP.to(ids_BP.dtype)], 1), dim=0, return_inverse=True)
+    U = int(copies_B.max()) + 1
+    if U == B:
+        return None
+    rows_B = torch.arange(B, device=ids_BP.device)
+    rows_U = torch.full((U,), B, dtype=torch.long, device=ids_BP.device).scatter_reduce(
+        0, copies_B, rows_B, "amin"
+    )
+    return rows_U, copies_B

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from endo_rl.core.batch import left_pad
-from endo_rl.generation.decode_attention import ATTENTION, decode_attention
+from endo_rl.generation.decode_attention import ATTENTION, decode_attention, distinct_rows
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 
@@ -207,6 +207,7 @@ class StaticDecoder:
             compile = "inductor" if self.device.type == "cuda" else False
         self.layer_fns = compiled_layer_fns(compile) if compile else (pre_attention, post_attention)
         self._bound: tuple[int, ...] | None = None
+        self.dedup_prefill = True  # prefill each distinct prompt once (GRPO repeats each group_size times)
         self.sync_weights(model)
 
     @torch.no_grad()
@@ -222,8 +223,9 @@ class StaticDecoder:
             self.graphs.clear()
             self._bound = pointers
 
-    def _attention(self, layer, x_BTD, cos, sin, P: int, mask_B1TS) -> torch.Tensor:
-        """Prefill attention over the prompt columns [0, P), writing them to the cache."""
+    def _attention(self, layer, x_BTD, cos, sin, P: int, mask_B1TS, copies) -> torch.Tensor:
+        """Prefill attention over the prompt columns [0, P), writing them to the cache (row r's to the rows
+        `copies` maps to r, when the prefill ran on distinct rows only)."""
         attn, (B, T, _) = layer.self_attn, x_BTD.shape
         q = attn.q_proj(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(x_BTD).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
@@ -231,7 +233,9 @@ class StaticDecoder:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         idx = attn.layer_idx
-        self.k_cache[idx, :, :, :P], self.v_cache[idx, :, :, :P] = k, v
+        self.k_cache[idx, :, :, :P], self.v_cache[idx, :, :, :P] = (
+            (k, v) if copies is None else (k[copies], v[copies])
+        )
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask_B1TS, scale=attn.scaling, enable_gqa=self.n_kv != self.n_heads
         )
@@ -239,7 +243,10 @@ class StaticDecoder:
 
     @torch.no_grad()
     def prefill(self, input_ids_BP: torch.Tensor, attention_mask_BP: torch.Tensor) -> torch.Tensor:
-        """Run the left-padded prompts, fill cache columns [0, P); returns next-token logits [B, V]."""
+        """Run the left-padded prompts, fill cache columns [0, P); returns next-token logits [B, V].
+
+        With `dedup_prefill` (default) a prompt that occurs in several rows is run once and its cache columns
+        and logits copied to the other rows."""
         B, P = input_ids_BP.shape
         if self.batch_size != B or self.max_len <= P:
             raise ValueError(
@@ -249,21 +256,24 @@ class StaticDecoder:
         self.key_valid_BS.zero_()
         self.key_valid_BS[:, :P] = valid
         position_BP = (attention_mask_BP.long().cumsum(-1) - 1).clamp(min=0)
+        self.position_B1.copy_(position_BP[:, -1:] + 1)
+        self.slot_1.fill_(P)
+        self.next_slot = P
+        dedup = distinct_rows(input_ids_BP, attention_mask_BP) if self.dedup_prefill else None
+        rows, copies = (slice(None), None) if dedup is None else dedup
+        valid, position_BP = valid[rows], position_BP[rows]
         causal_PP = torch.ones(P, P, dtype=torch.bool, device=self.device).tril()
         # a padded query row would see no key at all (NaN in SDPA): let it see itself
         mask_B1PP = ((causal_PP & valid[:, None, :]) | torch.eye(P, dtype=torch.bool, device=self.device))[
             :, None
         ]
-        x = self.backbone.embed_tokens(input_ids_BP)
+        x = self.backbone.embed_tokens(input_ids_BP[rows])
         cos, sin = self.backbone.rotary_emb(x, position_BP)
         for layer in self.backbone.layers:
-            x = x + self._attention(layer, layer.input_layernorm(x), cos, sin, P, mask_B1PP)
+            x = x + self._attention(layer, layer.input_layernorm(x), cos, sin, P, mask_B1PP, copies)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         logits = self.model.get_output_embeddings()(self.backbone.norm(x[:, -1])).float()
-        self.position_B1.copy_(position_BP[:, -1:] + 1)
-        self.slot_1.fill_(P)
-        self.next_slot = P
-        return logits
+        return logits if copies is None else logits[copies]
 
     def _decode_step(self, width: int) -> torch.Tensor:
         """One token per row, attending to cache slots [0, width)."""
