@@ -12,10 +12,11 @@ with probability about p per token (random logits are near-Gaussian: the softmax
 V exp(s^2/2)), mean length near 1/p. Both sides sample from the same hooked model and stop on that EOS.
 
 Parts (each its own process, so peak memory is its own): `ceilings` (copy bandwidth, bf16 matmul rate),
-`decode` (ms per decode step at batch 64 through our generator, vs the weight-read bound), `ours` / `ours_ppo`
-(our trainer's GRPO / PPO step; per-step longest response, tokens computed incl. padding, compilations after
-warm-up), `trl` (TRL's GRPOTrainer: same hook, prompts and 64 completions per step; the endogenous reward from
-our batched adapter on a frozen copy). The floor of each step is computed from its own token counts.
+`decode` (ms per decode step at batch 64 through our generator, vs the weight-read bound; each attention of
+`--decode-attention`, default gqa,sdpa, timed in turn), `ours` / `ours_ppo` (our trainer's GRPO / PPO step;
+per-step longest response, tokens computed incl. padding, compilations after warm-up; no-grad passes at
+`--logprob-micro-batch`), `trl` (TRL's GRPOTrainer: same hook, prompts and 64 completions per step; the
+endogenous reward from our batched adapter on a frozen copy). The floor of each step is computed from its own token counts.
 """
 
 from __future__ import annotations
