@@ -16,7 +16,8 @@ Parts (each its own process, so peak memory is its own): `ceilings` (copy bandwi
 `--decode-attention`, default gqa,sdpa, timed in turn), `ours` / `ours_ppo` (our trainer's GRPO / PPO step;
 per-step longest response, tokens computed incl. padding, compilations after warm-up; no-grad passes at
 `--logprob-micro-batch`), `trl` (TRL's GRPOTrainer: same hook, prompts and 64 completions per step; the
-endogenous reward from our batched adapter on a frozen copy). The floor of each step is computed from its own token counts.
+endogenous reward from our batched adapter on a frozen copy). The floor of each step is computed from its own
+token counts.
 """
 
 from __future__ import annotations
