@@ -174,6 +174,32 @@ def test_lora_trains_the_adapter_and_references_the_base(tiny_model_dir, tmp_pat
             )
 
 
+def test_lora_policy_generates_with_the_static_decoder(tiny_model_dir, tmp_path):
+    """generation.backend=static with LoRA (forced: on CPU 'auto' picks HF): the trainer's generator decodes
+    the adapter's current weights, which the optimizer moved."""
+    from endo_rl.generation.generator import StaticDecoderGenerator
+    from endo_rl.rl.trainer import Trainer
+
+    lora = ["lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj, v_proj, down_proj]"]
+    trainer = Trainer(
+        tiny_cfg(
+            tiny_model_dir, tmp_path, *lora, "generation.backend=static", "train.max_steps=1", "train.lr=0.05"
+        )
+    )
+    trainer.fit()
+    generator, lm = trainer.generator, trainer.accelerator.unwrap_model(trainer.model).lm
+    assert isinstance(generator, StaticDecoderGenerator)
+    generator.sync_weights(lm)
+    layers = lm.get_decoder().layers
+    wrapped = ["down_proj", "q_proj", "v_proj"]
+    assert sorted(generator.lora.buffers) == [(i, n) for i in range(len(layers)) for n in wrapped]
+    for (i, name), merged in generator.lora.buffers.items():
+        module = getattr(layers[i].mlp if name == "down_proj" else layers[i].self_attn, name)
+        delta = module.get_delta_weight("default")  # PEFT's own scaling * B @ A
+        assert delta.abs().max() > 0  # the adapter trained (B starts at zero)
+        torch.testing.assert_close(merged, module.base_layer.weight + delta)
+
+
 def test_lora_checkpoint_holds_only_trainable_tensors_and_resumes_exactly(tiny_model_dir, tmp_path):
     from endo_rl.core.errors import UserError
 
