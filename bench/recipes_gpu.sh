@@ -12,7 +12,8 @@
 # The recipes are used as shipped except the overrides in $COMMON (stated in BENCHMARKS.md with the numbers).
 #   bash bench/recipes_gpu.sh OUT_DIR MODEL_DIR
 # env: N, K, GRPO_PROMPTS, PPO_PROMPTS, EXTRA (more overrides), SKIP_EVAL / SKIP_TRAIN (one part only),
-#      GPU_A / GPU_B (0 and 0 on a one-GPU machine), KILL_DELAY (s into step K+1), CPU_TEST (plain python)
+#      GPU_A / GPU_B (0 and 0 on a one-GPU machine), KILL_DELAY (s into step K+1), CPU_TEST (plain python),
+#      ALGOS (default "grpo ppo": which recipes to train; on one GPU, one at a time keeps two 7B runs per GPU)
 set -u
 OUT=$1 MODEL=$2
 N=${N:-4} K=${K:-2} GPU_A=${GPU_A:-0} GPU_B=${GPU_B:-1}  # GPU_A: eval, then PPO; GPU_B: GRPO
@@ -62,10 +63,14 @@ stamp "start"
 nvidia-smi --query-compute-apps=timestamp,gpu_uuid,pid,used_memory --format=csv,noheader -l 2 \
   >"$OUT/gpu_mem.csv" 2>/dev/null &
 MEM=$!
-GRPO="recipes/qwen2.5-math-7b-grpo.yaml train.prompts_per_step=${GRPO_PROMPTS:-8}"
-PPO="recipes/qwen2.5-math-7b-ppo.yaml train.prompts_per_step=${PPO_PROMPTS:-32}"
+# fewer prompts per step than the 8-GPU recipes, the same 4 optimizer steps (mini-batches) per rollout batch
+GP=${GRPO_PROMPTS:-8} PP=${PPO_PROMPTS:-32}
+GRPO="recipes/qwen2.5-math-7b-grpo.yaml train.prompts_per_step=$GP train.mini_batch_size=$((GP * 8 / 4))"
+PPO="recipes/qwen2.5-math-7b-ppo.yaml train.prompts_per_step=$PP train.mini_batch_size=$((PP / 4))"
+ALGOS=${ALGOS:-grpo ppo}
+has() { case " $ALGOS " in *" $1 "*) return 0 ;; esac; return 1; }
 JOBS=()
-if [ -z "${SKIP_TRAIN:-}" ]; then
+if [ -z "${SKIP_TRAIN:-}" ] && has grpo; then
   run_a "$GPU_B" grpo $GRPO & JOBS+=($!)
   run_b "$GPU_B" grpo $GRPO & JOBS+=($!)
 fi
@@ -78,7 +83,7 @@ fi
       --out "$OUT/eval_report.json" --no-progress >"$OUT/eval.log" 2>&1
     stamp "eval exit $?"
   fi
-  if [ -z "${SKIP_TRAIN:-}" ]; then
+  if [ -z "${SKIP_TRAIN:-}" ] && has ppo; then
     run_a "$GPU_A" ppo $PPO &
     run_b "$GPU_A" ppo $PPO &
     wait
@@ -87,7 +92,7 @@ fi
 wait "${JOBS[@]}"  # not a bare `wait`: that would also wait for the nvidia-smi sampler, which never ends
 kill "$MEM" 2>/dev/null
 [ -n "${SKIP_TRAIN:-}" ] && exit 0
-for name in grpo ppo; do
+for name in $ALGOS; do
   for run in A B; do cp "/tmp/runs/$name-$run/metrics.jsonl" "$OUT/$name-$run.metrics.jsonl" 2>/dev/null; done
   python bench/compare_runs.py "/tmp/runs/$name-A" "/tmp/runs/$name-B" "$K" "$N" | tee "$OUT/$name-resume.txt"
 done

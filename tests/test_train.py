@@ -174,6 +174,32 @@ def test_lora_trains_the_adapter_and_references_the_base(tiny_model_dir, tmp_pat
             )
 
 
+def test_lora_policy_generates_with_the_static_decoder(tiny_model_dir, tmp_path):
+    """generation.backend=static with LoRA (forced: on CPU 'auto' picks HF): the trainer's generator decodes
+    the adapter's current weights, which the optimizer moved."""
+    from endo_rl.generation.generator import StaticDecoderGenerator
+    from endo_rl.rl.trainer import Trainer
+
+    lora = ["lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj, v_proj, down_proj]"]
+    trainer = Trainer(
+        tiny_cfg(
+            tiny_model_dir, tmp_path, *lora, "generation.backend=static", "train.max_steps=1", "train.lr=0.05"
+        )
+    )
+    trainer.fit()
+    generator, lm = trainer.generator, trainer.accelerator.unwrap_model(trainer.model).lm
+    assert isinstance(generator, StaticDecoderGenerator)
+    generator.sync_weights(lm)
+    layers = lm.get_decoder().layers
+    wrapped = ["down_proj", "q_proj", "v_proj"]
+    assert sorted(generator.lora.buffers) == [(i, n) for i in range(len(layers)) for n in wrapped]
+    for (i, name), merged in generator.lora.buffers.items():
+        module = getattr(layers[i].mlp if name == "down_proj" else layers[i].self_attn, name)
+        delta = module.get_delta_weight("default")  # PEFT's own scaling * B @ A
+        assert delta.abs().max() > 0  # the adapter trained (B starts at zero)
+        torch.testing.assert_close(merged, module.base_layer.weight + delta)
+
+
 def test_lora_checkpoint_holds_only_trainable_tensors_and_resumes_exactly(tiny_model_dir, tmp_path):
     from endo_rl.core.errors import UserError
 
@@ -302,3 +328,33 @@ def test_eval_every_logs_step_0_every_n_steps_and_the_last_without_changing_trai
     assert sorted(p.name for p in (tmp_path / "evals" / "eval").iterdir()) == ["step-0", "step-2", "step-3"]
     for a, b in zip(plain, with_evals[1:]):
         assert a["loss"] == b["loss"] and a["reward/total"] == b["reward/total"]
+
+
+def test_eval_every_reuses_before_and_after_for_the_same_weights(tiny_model_dir, tmp_path, capsys):
+    """eval.every=1 with before and after: step 0 is `before`'s weights and `after` is the last step's, so those
+    two evaluations are copied, not run again; the copies are the same reports."""
+    cfg = tiny_cfg(
+        tiny_model_dir,
+        tmp_path,
+        "train.max_steps=1",
+        "train.save_every=0",
+        "eval.before=true",
+        "eval.after=true",
+        "eval.every=1",
+        "eval.benchmarks=[math500]",
+        f"eval.data_dir={BENCHMARKS}",
+        "eval.limit=2",
+        "eval.max_new_tokens=4",
+    )
+    run(cfg)
+    out = capsys.readouterr().out
+    assert "eval step-0: the same weights as eval before; its report is reused" in out
+    assert "eval after: the same weights as eval step-1; its report is reused" in out
+    evals = tmp_path / "eval"
+    assert sorted(p.name for p in evals.iterdir() if p.is_dir()) == ["after", "before", "step-0", "step-1"]
+    for copy, source in (("step-0", "before"), ("after", "step-1")):
+        assert (evals / copy / "report.json").read_bytes() == (evals / source / "report.json").read_bytes()
+    assert (evals / "comparison.png").is_file()
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    accuracies = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
+    assert len(accuracies) == 4 and accuracies[0] == accuracies[1] and accuracies[2] == accuracies[3]

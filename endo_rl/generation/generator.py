@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from endo_rl.generation import static as static_decode
 from endo_rl.generation.hf import hf_rows
+from endo_rl.generation.lora_merge import LoraMerge
 from endo_rl.generation.sampling import Completion, SamplingConfig, cut_at_stop
 
 RowsFn = Callable[[list[Sequence[int]]], list[list[int]]]
@@ -119,6 +120,9 @@ class StaticDecoderGenerator:
         self.use_cuda_graph, self.compile, self.attention = use_cuda_graph, compile, attention
         self.decoders: dict[int, static_decode.StaticDecoder] = {}
         """One decoder per batch bucket; its cache only grows."""
+        self.lora = LoraMerge()
+        """LoRA-wrapped projections' merged weights: one copy shared by every bucket's decoder."""
+        self.lora.refresh(model)
 
     def batch_bucket(self, n: int) -> int:
         """The smallest power of two >= n, capped at batch_size."""
@@ -126,6 +130,7 @@ class StaticDecoderGenerator:
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         self.model = model
+        self.lora.refresh(model)
         for decoder in self.decoders.values():
             decoder.sync_weights(model)
 
@@ -140,7 +145,8 @@ class StaticDecoderGenerator:
                 self.use_cuda_graph,
                 self.compile,
                 self.window,
-                self.attention,
+                lora=self.lora,
+                attention=self.attention,
             )
             self.decoders[batch] = decoder
         return decoder

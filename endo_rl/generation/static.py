@@ -6,6 +6,11 @@ shapes (batch, one token, the whole cache length), so on CUDA it is captured onc
 one launch per token. The model's own modules do the projections, norms, MLPs and rotary tables; only the
 attention over the static cache and the cache writes are ours.
 
+LoRA: a projection wrapped in a PEFT LoRA layer is decoded with its effective weight W + scaling * B @ A
+(base weight alone while adapters are disabled), kept in a decoder-owned buffer (`lora_merge.LoraMerge`) that
+`sync_weights` rewrites in place, so captured graphs stay valid as the adapter trains. The prefill runs the
+wrapped modules themselves.
+
 Prompts are left-padded; cache slot s holds the token at padded column s. A key is visible when it is not
 padding and not in the future, kept in `key_valid_BS`, which the graph reads from a fixed buffer.
 
@@ -23,13 +28,15 @@ import torch.nn.functional as F
 
 from endo_rl.core.batch import left_pad
 from endo_rl.generation.decode_attention import ATTENTION, decode_attention, distinct_rows
+from endo_rl.generation.lora_merge import LoraMerge, is_lora_linear, mergeable, projections
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 
 
 def supports(model: torch.nn.Module) -> bool:
     """Plain pre-norm SiLU decoders without per-head q/k norms, sliding windows or logit soft-capping, whose
-    projections are plain nn.Linear (a LoRA-wrapped layer would have its adapter ignored here)."""
+    projections are plain nn.Linear or plain LoRA wrappers of one (`lora_merge.mergeable`: decoded with the
+    adapter merged in); any other wrapper is refused."""
     cfg = model.config
     if not (
         cfg.model_type in SUPPORTED
@@ -38,14 +45,11 @@ def supports(model: torch.nn.Module) -> bool:
         and getattr(cfg, "final_logit_softcapping", None) is None
     ):
         return False
-    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    for layer in model.get_decoder().layers:
-        modules = [getattr(layer.self_attn, n, None) for n in names[:4]] + [
-            getattr(layer.mlp, n, None) for n in names[4:]
-        ]
-        if any(type(m) is not torch.nn.Linear for m in modules):
-            return False
-    return True
+    return all(
+        type(m) is torch.nn.Linear or mergeable(m)
+        for layer in model.get_decoder().layers
+        for m in projections(layer).values()
+    )
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -70,22 +74,23 @@ class LayerWeights(NamedTuple):
     wd: torch.Tensor
 
 
-def layer_weights(layer: torch.nn.Module) -> LayerWeights:
-    a, m = layer.self_attn, layer.mlp
-    return LayerWeights(
+def layer_weights(layer: torch.nn.Module, merged: dict[str, torch.Tensor] | None = None) -> LayerWeights:
+    """The layer's tensors, detached; `merged` maps a LoRA-wrapped projection's name to its effective weight
+    (its bias stays the base layer's)."""
+    merged = merged or {}
+    p = projections(layer)
+    if missing := [n for n, m in p.items() if is_lora_linear(m) and n not in merged]:
+        raise ValueError(f"LoRA-wrapped {missing} without a merged weight: refresh the LoraMerge first")
+    base = {n: m.base_layer if is_lora_linear(m) else m for n, m in p.items()}
+    w = {n: merged[n] if n in merged else base[n].weight for n in p}
+    b = {n: base[n].bias for n in ("q_proj", "k_proj", "v_proj")}
+    tensors = (
         layer.input_layernorm.weight,
-        a.q_proj.weight,
-        a.q_proj.bias,
-        a.k_proj.weight,
-        a.k_proj.bias,
-        a.v_proj.weight,
-        a.v_proj.bias,
-        a.o_proj.weight,
+        *(w["q_proj"], b["q_proj"], w["k_proj"], b["k_proj"], w["v_proj"], b["v_proj"], w["o_proj"]),
         layer.post_attention_layernorm.weight,
-        m.gate_proj.weight,
-        m.up_proj.weight,
-        m.down_proj.weight,
+        *(w["gate_proj"], w["up_proj"], w["down_proj"]),
     )
+    return LayerWeights(*(None if t is None else t.detach() for t in tensors))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -166,6 +171,8 @@ class StaticDecoder:
     moved to new storage (e.g. ZeRO-3 gathering them anew).
 
     `compile`: False (eager), True (inductor on CUDA, eager elsewhere) or a torch.compile backend.
+    `lora`: the merged LoRA weights (see the module docstring) shared with other decoders of the same model; its
+    owner refreshes it. By default the decoder owns one and refreshes it in `sync_weights`.
     `attention`: the decode step's attention, "gqa" (default) or "sdpa" (see `decode_layer`).
     """
 
@@ -177,6 +184,7 @@ class StaticDecoder:
         use_cuda_graph: bool = True,
         compile: bool | str | object = True,
         window: int = 128,
+        lora: LoraMerge | None = None,
         attention: str = "gqa",
     ):
         if attention not in ATTENTION:
@@ -207,18 +215,23 @@ class StaticDecoder:
             compile = "inductor" if self.device.type == "cuda" else False
         self.layer_fns = compiled_layer_fns(compile) if compile else (pre_attention, post_attention)
         self._bound: tuple[int, ...] | None = None
+        self.lora, self._owns_lora = (LoraMerge() if lora is None else lora), lora is None
         self.dedup_prefill = True  # prefill each distinct prompt once (GRPO repeats each group_size times)
         self.sync_weights(model)
 
     @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Bind to `model`'s current weights, detached: decoding never builds an autograd graph."""
+        """Bind to `model`'s current weights, detached: decoding never builds an autograd graph. LoRA-wrapped
+        projections: their merged buffers are rewritten in place (by the owner of a shared `lora`)."""
         self.model, self.backbone = model, model.get_decoder()
-        self.weights = [
-            LayerWeights(*(None if w is None else w.detach() for w in layer_weights(layer)))
-            for layer in self.backbone.layers
-        ]
-        pointers = _pointers(model)
+        if self._owns_lora:
+            self.lora.refresh(model)
+        merged: dict[int, dict[str, torch.Tensor]] = {}
+        for (i, name), buf in self.lora.buffers.items():
+            merged.setdefault(i, {})[name] = buf
+        self.weights = [layer_weights(layer, merged.get(i)) for i, layer in enumerate(self.backbone.layers)]
+        # a reallocated merged buffer moves what a captured graph reads, as a moved parameter does
+        pointers = _pointers(model) + tuple(b.data_ptr() for b in self.lora.buffers.values())
         if self._bound != pointers:
             self.graphs.clear()
             self._bound = pointers
@@ -278,25 +291,12 @@ class StaticDecoder:
     def _decode_step(self, width: int) -> torch.Tensor:
         """One token per row, attending to cache slots [0, width)."""
         self.key_valid_BS.index_fill_(1, self.slot_1, True)
-        valid_BW = self.key_valid_BS[:, :width]
+        rest = (self.slot_1, self.key_valid_BS[:, :width], self.dims, self.eps, self.attention)
         x = self.backbone.embed_tokens(self.token_B1)
         cos, sin = self.backbone.rotary_emb(x, self.position_B1)
         for i, w in enumerate(self.weights):
             k, v = self.k_cache[i, :, :, :width], self.v_cache[i, :, :, :width]
-            x = decode_layer(
-                self.layer_fns,
-                x,
-                w,
-                k,
-                v,
-                cos,
-                sin,
-                self.slot_1,
-                valid_BW,
-                self.dims,
-                self.eps,
-                self.attention,
-            )
+            x = decode_layer(self.layer_fns, x, w, k, v, cos, sin, *rest)
         return self.model.get_output_embeddings()(self.backbone.norm(x[:, -1])).float()
 
     def _capture(self, width: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

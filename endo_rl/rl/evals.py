@@ -6,6 +6,9 @@ drawn to OUTPUT_DIR/eval/comparison.png. The evaluation uses the training templa
 `generation.backend`, so before and after see the same prompt. A caller may pass its own `periodic` function for
 the `eval.every` evaluations instead (the quickstart scores its own held-out problems that way).
 
+An evaluation of weights already evaluated is not run again: `eval.every`'s step 0 reuses `before` (and `after`
+reuses the last step's), its report copied under the new tag.
+
 Every evaluation runs on the main process with the parameters gathered (ZeRO-3), and inside a forked RNG so that
 evaluating does not change the training run's random stream (resume stays exact, and a run with evaluations
 trains exactly as one without).
@@ -14,6 +17,7 @@ trains exactly as one without).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +36,8 @@ class TrainEval:
     ):
         self.cfg, self.dir, self.tokenizer = cfg, Path(output_dir) / "eval", tokenizer
         self.periodic_fn = periodic
+        self.done: dict[int, tuple[str, dict[str, float]]] = {}
+        """step -> (tag, metrics) of the math evaluations run at that step (metrics empty off the main process)."""
 
     def settings(self):
         from endo_rl.evaluation.evaluator import EvalSettings
@@ -54,13 +60,16 @@ class TrainEval:
     def periodic(self, step: int, model: torch.nn.Module, accelerator) -> dict[str, float]:
         """The `eval.every` evaluation after `step` steps: the caller's function, or the math evaluator."""
         if self.periodic_fn is None:
-            return self.run(f"step-{step}", model, accelerator)
+            return self.run(f"step-{step}", model, accelerator, step)
         return self._isolated(model, accelerator, lambda lm: self.periodic_fn(lm, self.tokenizer)) or {}
 
-    def run(self, tag: str, model: torch.nn.Module, accelerator) -> dict[str, float]:
-        """Evaluate the current policy; returns metrics `eval/<benchmark>/accuracy` and `eval/accuracy`."""
+    def run(self, tag: str, model: torch.nn.Module, accelerator, step: int | None = None) -> dict[str, float]:
+        """Evaluate the current policy (after `step` steps); returns metrics `eval/<benchmark>/accuracy` and
+        `eval/accuracy`. Weights already evaluated at `step` are not evaluated again: that report is copied."""
         from endo_rl.evaluation.evaluator import evaluate
 
+        if step in self.done:
+            return self._reuse(tag, *self.done[step], accelerator)
         settings = self.settings()
         settings.validate()
         report = self._isolated(
@@ -68,13 +77,25 @@ class TrainEval:
             accelerator,
             lambda lm: evaluate(lm, self.tokenizer, settings, self.dir / tag, model_name=tag),
         )
-        if report is None:
-            return {}
-        if tag == "after":
-            self._compare(report)
-        metrics = {f"eval/{name}/accuracy": m["accuracy"] for name, m in report["benchmarks"].items()}
-        metrics["eval/accuracy"] = report["average"]["accuracy"]
+        metrics = {}
+        if report is not None:
+            if tag == "after":
+                self._compare(report)
+            metrics = {f"eval/{name}/accuracy": m["accuracy"] for name, m in report["benchmarks"].items()}
+            metrics["eval/accuracy"] = report["average"]["accuracy"]
+        if step is not None:  # on every process, so that all of them take the same path next time
+            self.done[step] = (tag, metrics)
         return metrics
+
+    def _reuse(self, tag: str, source: str, metrics: dict[str, float], accelerator) -> dict[str, float]:
+        """The report of `source` (same weights) as `tag`'s, copied on the main process."""
+        if accelerator.is_main_process:
+            shutil.copytree(self.dir / source, self.dir / tag, dirs_exist_ok=True)
+            print(f"eval {tag}: the same weights as eval {source}; its report is reused")
+            if tag == "after":
+                self._compare(json.loads((self.dir / tag / "report.json").read_text(encoding="utf-8")))
+        accelerator.wait_for_everyone()
+        return dict(metrics)
 
     def _isolated(self, model: torch.nn.Module, accelerator, fn: Callable[[torch.nn.Module], object]):
         """fn(policy LM) on the main process (None elsewhere), parameters gathered, RNG state restored after."""

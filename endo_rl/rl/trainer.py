@@ -155,7 +155,7 @@ class Trainer:
         returns OUTPUT_DIR/final."""
         cfg, acc = self.cfg, self.accelerator
         if cfg.eval.before and self.step == 0:
-            self._log(0, self.evals.run("before", self.model, acc))
+            self._log(0, self.evals.run("before", self.model, acc, step=0))
         if self.evals.due(0) and self.step == 0:
             self._log(0, self.evals.periodic(0, self.model, acc))
         bar = tqdm(
@@ -179,7 +179,7 @@ class Trainer:
                 if (cfg.train.save_every and self.step % cfg.train.save_every == 0) or last:
                     self.save()
         if cfg.eval.after:
-            self._log(self.step, self.evals.run("after", self.model, acc))
+            self._log(self.step, self.evals.run("after", self.model, acc, self.step))
         return self._finish()
 
     def train_step(self) -> dict[str, float]:
