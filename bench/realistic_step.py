@@ -89,14 +89,32 @@ def decode_ms_per_step(args, model, prompts, attention: str) -> float:
     return 1e3 * (full - first) / (n - 1)
 
 
+def attention_ms(model, attention: str, device: str, slots: int = 1024, batch: int = 64) -> float:
+    """One decode attention call alone (one layer, `slots` cache slots, 1/8 of them left padding), in ms."""
+    from endo_rl.generation.decode_attention import decode_attention
+
+    cfg = model.config
+    dims = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads)
+    dtype = next(model.parameters()).dtype
+    q = torch.randn(batch, dims[0], 1, dims[2], device=device, dtype=dtype)
+    k, v = (torch.randn(batch, dims[1], slots, dims[2], device=device, dtype=dtype) for _ in range(2))
+    valid = torch.ones(batch, slots, dtype=torch.bool, device=device)
+    valid[:, : slots // 8] = False
+    times = base.timed(lambda: decode_attention(q, k, v, valid, dims, attention), device, repeat=50, warmup=5)
+    return 1e3 * statistics.median(times)
+
+
 def part_decode(args, model, tokenizer) -> dict:
     """Per decode step at batch 64, our generator kept warm, for each attention of `--decode-attention`
     (comma-separated "gqa" / "sdpa") in turn on the same prompts, each with its own generator (freed before
     the next). `ms_per_step` is the first attention's; `by_attention` holds each."""
+    from endo_rl.generation import decode_attention
+
     prompts = [p.prompt_ids for p in load_math_prompts(args, tokenizer, 64)]
-    by_attention = {}
+    by_attention, alone = {}, {}
     for attention in args.decode_attention.split(","):
         by_attention[attention] = decode_ms_per_step(args, model, prompts, attention)
+        alone[attention] = attention_ms(model, attention, args.device)
         if args.device == "cuda":
             torch.cuda.empty_cache()
     first = next(iter(by_attention))
@@ -106,6 +124,8 @@ def part_decode(args, model, tokenizer) -> dict:
         "ms_per_step": by_attention[first],
         "attention": first,
         "by_attention": by_attention,
+        "attention_alone_ms": alone,  # one call, one layer, batch 64, 1024 slots
+        "bmm_out_dtype_used": dict(decode_attention._OUT_DTYPE_OK),  # False: the float32 scores fell back
     }
 
 

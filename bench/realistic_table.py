@@ -123,7 +123,12 @@ def table(results: dict) -> str:
             f"{d['bound_ms']:.2f} ms: {100 * d['fraction_of_bound']:.0f}% of the weight-read bound"
         )
     if len(d.get("by_attention", {})) > 1:  # side by side in one process, same prompts
+        alone = d.get("attention_alone_ms", {})
         rows.append(
-            "decode attention: " + ", ".join(f"{a} {ms:.2f} ms/step" for a, ms in d["by_attention"].items())
+            "decode attention (whole step; one call alone at 1024 slots): "
+            + ", ".join(
+                f"{a} {ms:.2f} ms/step ({alone.get(a, float('nan')):.3f} ms)"
+                for a, ms in d["by_attention"].items()
+            )
         )
     return "\n".join(rows)
