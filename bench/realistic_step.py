@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpo_step as base  # noqa: E402  (shapes, model building, timing)
+from bare_passes import bare_passes  # noqa: E402
 from realistic_table import analyse, table  # noqa: E402
 from stop_hook import stop_logit_hook  # noqa: E402
 
@@ -185,7 +186,10 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
     def recording_collect(policy, step_prompts):  # reads the rollout's token counts; changes nothing
         rollout = collect(policy, step_prompts)
         shapes.append(step_shape(rollout, args.micro_batch))
+        last["rollout"] = rollout
         return rollout
+
+    last: dict = {}
 
     trainer.collect = recording_collect
     metrics, compiles = [], []
@@ -196,9 +200,20 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
     out = base.summarize(
         [m["step_time_s"] for m in steady], steady, argparse.Namespace(**vars(args), world=1)
     )
+    rollout, phases = last["rollout"], metrics[-1]
+    bare = bare_passes(
+        model,
+        rollout.prompt_ids,
+        rollout.response_ids,
+        trainer.pad_id,
+        args.logprob_micro_batch,
+        args.micro_batch,
+    )
+    bare.update(ours_reference_s=phases["time/reference_s"], ours_update_s=phases["time/update_s"])
     return {
         "algo": algo,
         **out,
+        "bare_last_step": bare,
         "per_step": shapes[args.warmup :],
         "phase_times": [{k: v for k, v in m.items() if k.startswith("time/")} for m in steady],
         "compiles_per_step": compiles,
@@ -225,6 +240,8 @@ def part_trl(args, model, tokenizer) -> dict:
 
     if args.trl_steps is not None:
         args = argparse.Namespace(**{**vars(args), "steps": args.trl_steps})
+    if args.trl_warmup is not None:
+        args = argparse.Namespace(**{**vars(args), "warmup": args.trl_warmup})
     steps = args.warmup + args.steps
     reward = EndogenousRewardFunc(
         ReferenceModel(copy.deepcopy(model), tokenizer, batch_size=args.micro_batch)
@@ -318,6 +335,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="measured steps after warm-up")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--trl-steps", type=int, default=None, help="TRL's measured steps (default --steps)")
+    p.add_argument("--trl-warmup", type=int, default=None, help="TRL's warm-up steps (default --warmup)")
     p.add_argument("--ppo-steps", type=int, default=None, help="our PPO's measured steps (default --steps)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)

@@ -116,6 +116,14 @@ def table(results: dict) -> str:
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     if "speedup" in results:
         rows.append(f"\nthroughput ratio endo_rl GRPO / TRL: **{results['speedup']:.2f}x**")
+    for name, label in (("ours", "GRPO"), ("ours_ppo", "PPO")):
+        b = results.get(name, {}).get("bare_last_step")
+        if b:
+            rows.append(
+                f"{label}, last step's tokens, bare model (bench/bare_passes.py): forward {b['bare_forward_s']:.2f} s "
+                f"(our reference pass {b['ours_reference_s']:.2f} s), forward + backward {b['bare_update_s']:.2f} s "
+                f"(our update {b['ours_update_s']:.2f} s)"
+            )
     d = results.get("decode", {})
     if "fraction_of_bound" in d:
         rows.append(
