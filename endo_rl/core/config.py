@@ -267,10 +267,8 @@ class EvalConfig(BenchmarkConfig):
     def __post_init__(self):
         if self.every < 0:
             raise UserError(f"config key 'eval.every' must be >= 0, got {self.every}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise UserError(
-                f"config key 'eval.max_new_tokens' must be >= 1 or null, got {self.max_new_tokens}"
-            )
+        if (n := self.max_new_tokens) is not None and n < 1:
+            raise UserError(f"config key 'eval.max_new_tokens' must be >= 1 or null, got {n}")
 
 
 @dataclass
@@ -293,6 +291,8 @@ class ExperimentConfig:
     """Continue from the newest complete checkpoint in output_dir."""
     seed: int = 0
     """Seeds Python, NumPy and torch on every process."""
+    deterministic: bool = False
+    """Deterministic GPU kernels, so a rerun or resumed run repeats exactly; slower (endo_rl/rl/determinism.py)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)

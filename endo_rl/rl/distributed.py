@@ -26,6 +26,7 @@ from accelerate.utils import DistributedType
 
 from endo_rl.core.config import LoraConfig
 from endo_rl.core.errors import UserError
+from endo_rl.rl.determinism import make_deterministic
 
 
 def make_accelerator(grad_accum_steps: int, micro_batch_size: int, max_grad_norm: float) -> Accelerator:
@@ -65,8 +66,15 @@ def zero_stage(accelerator: Accelerator) -> int:
     return accelerator.state.deepspeed_plugin.zero_stage if is_deepspeed(accelerator) else 0
 
 
-def seed_everything(seed: int, rank: int) -> None:
-    """Python, NumPy and torch (all devices) RNGs; each rank gets its own stream so rollouts differ."""
+def seed_everything(seed: int, rank: int, deterministic: bool = False) -> None:
+    """Python, NumPy and torch (all devices) RNGs; each rank gets its own stream so rollouts differ.
+
+    `deterministic` (the config key) also switches to deterministic kernels (endo_rl/rl/determinism.py). The
+    trainer calls this before it loads a model, so before the first matmul creates a cuBLAS handle (which
+    reads CUBLAS_WORKSPACE_CONFIG once); making the accelerator before it runs no matmul.
+    """
+    if deterministic:
+        make_deterministic()
     s = seed + rank
     random.seed(s)
     np.random.seed(s % 2**32)

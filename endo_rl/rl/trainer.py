@@ -72,7 +72,7 @@ class Trainer:
             else Path(cfg.output_dir)
         )
         acc.wait_for_everyone()
-        distributed.seed_everything(cfg.seed, acc.process_index)
+        distributed.seed_everything(cfg.seed, acc.process_index, cfg.deterministic)
         self.tokenizer = tokenizer or models.load_tokenizer(
             cfg.model.tokenizer or cfg.model.path, cfg.model.gguf_file
         )

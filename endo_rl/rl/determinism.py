@@ -1,0 +1,50 @@
+"""`deterministic=true`: the same command and seed give the same run on a GPU, bit for bit, at a cost in speed.
+
+Seeding alone does not make CUDA runs repeat. Measured on one H200 (7B-shaped random model, LoRA, the 7B
+recipes under `accelerate launch`): two runs with the same seed sampled different rollouts from step 1. With
+only the environment variables TORCHINDUCTOR_DETERMINISTIC=1 and CUBLAS_WORKSPACE_CONFIG=:4096:8 the PPO
+recipe's two runs were identical at step 1 (the decode repeated) and diverged from step 2: the backward pass
+was still nondeterministic (atomics in the memory-efficient attention backward, index/scatter backward ops).
+`make_deterministic` adds the torch switches that cover the backward too. The full switch has NOT yet been
+run on a GPU; on CPU (deterministic anyway) it is tested to set the flags and to leave training unchanged.
+
+Cost: slower steps. Inductor compiles the static decoder without on-device benchmarking/autotuning (it picks
+kernels by heuristics), and the backward uses deterministic kernels where torch has them (e.g. the
+memory-efficient attention backward without atomics), cuDNN without benchmarking. Off by default; turn it on
+for exact comparisons (kill-and-resume against an uninterrupted run, A/B of a code change) rather than for
+throughput.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+CUBLAS_WORKSPACE = ":4096:8"
+"""cuBLAS's deterministic workspace setting (PyTorch's reproducibility notes: ':4096:8' or ':16:8')."""
+
+
+def make_deterministic() -> None:
+    """Make this process's CUDA numerics repeat from run to run; call once, before any CUDA work.
+
+    CUBLAS_WORKSPACE_CONFIG is read when the first cuBLAS handle is created (the first matmul on a GPU), so it
+    must be set before then; a value the user already exported is kept. Ops without a deterministic variant
+    warn (`warn_only=True`) instead of stopping the run. All of this is process-global state.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    inductor = _inductor_config()
+    if inductor is not None and hasattr(inductor, "deterministic"):  # torch >= 2.6 has the flag
+        inductor.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def _inductor_config():
+    """torch._inductor.config, or None where this torch build has no inductor."""
+    try:
+        import torch._inductor.config as inductor_config
+    except ImportError:
+        return None
+    return inductor_config
