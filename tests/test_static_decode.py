@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import make_tiny_qwen
 
+from endo_rl.core.batch import left_pad
 from endo_rl.generation import static as static_decode
 from endo_rl.generation.generator import generate
 from endo_rl.generation.sampling import SamplingConfig
@@ -45,10 +46,7 @@ def test_prefill_and_decode_logits_match_full_forward(make, window, attention):
     decoder = static_decode.StaticDecoder(
         model, batch_size=3, max_len=5 + 4, window=window, attention=attention
     )
-    ids = torch.full((3, 5), 0, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, p in enumerate(prompts):
-        ids[r, 5 - len(p) :], mask[r, 5 - len(p) :] = torch.tensor(p), 1
+    ids, mask = left_pad(prompts, 0)
     logits = decoder.prefill(ids, mask)
     continuation = torch.tensor([[21, 22, 23], [24, 25, 26], [27, 28, 29]])
     for t in range(continuation.shape[1] + 1):

@@ -7,6 +7,7 @@ import torch
 from conftest import small_qwen
 from peft import LoraConfig, get_peft_model
 
+from endo_rl.core.batch import left_pad
 from endo_rl.generation import static as static_decode
 from endo_rl.generation.generator import HFGenerator, StaticDecoderGenerator, resolve_backend
 from endo_rl.generation.sampling import SamplingConfig
@@ -42,9 +43,7 @@ def test_prefill_and_decode_logits_match_the_peft_forward():
     prompts = [[5, 6, 7, 8, 9], [11, 12], [13, 14, 15]]
     decoder = static_decode.StaticDecoder(model, batch_size=3, max_len=9, window=2)
     assert len(decoder.lora.buffers) == 2 * 7  # every wrapped projection of both layers, nothing else
-    ids, mask = torch.zeros(3, 5, dtype=torch.long), torch.zeros(3, 5, dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, 5 - len(p) :], mask[r, 5 - len(p) :] = torch.tensor(p), 1
+    ids, mask = left_pad(prompts, 0)
     logits = decoder.prefill(ids, mask)
     continuation = torch.tensor([[21, 22, 23], [24, 25, 26], [27, 28, 29]])
     for t in range(continuation.shape[1] + 1):
