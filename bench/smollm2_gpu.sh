@@ -4,6 +4,7 @@
 # chat, safety-refuse and safety-response subsets, every item, with every method (one process per method).
 #   bash bench/smollm2_gpu.sh OUT_DIR GGUF_FILE
 # env: STEPS (default 40), PROMPTS (prompts per step, default 32), EVERY (eval.every, default 10),
+#      TRAIN_TIMEOUT (s for the training run, default 1800: what it wrote is copied out even when it is cut),
 #      RM_TIMEOUT (s per rm-eval method, default 240), SMOKE (tiny sizes, to check the script on a CPU)
 # The recipe is used as shipped except: model.path, output_dir, and the scale (its shipped scale is a CPU
 # budget: 4 steps of 2 prompts, 5 problems per benchmark): train.max_steps, train.prompts_per_step,
@@ -21,7 +22,7 @@ SIZES="generation.batch_size=64 train.micro_batch_size=16 eval.limit=null"
 stamp() { echo "[$(date +%T)] $*" | tee -a "$OUT/timeline.txt"; }
 
 stamp "train start"
-python3 -m endo_rl.cli train recipes/smollm2-135m-gsm8k-grpo.yaml model.path="$GGUF" output_dir="$RUN" \
+timeout "${TRAIN_TIMEOUT:-1800}" python3 -m endo_rl.cli train recipes/smollm2-135m-gsm8k-grpo.yaml model.path="$GGUF" output_dir="$RUN" \
   train.max_steps="$STEPS" train.prompts_per_step="$PROMPTS" train.mini_batch_size=$((PROMPTS * 8 / 4)) \
   train.save_every="$STEPS" eval.every="$EVERY" logging.wandb=false $SIZES >"$OUT/train.log" 2>&1
 stamp "train exit $?"

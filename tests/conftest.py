@@ -32,6 +32,20 @@ def make_tiny_qwen(
     return tiny_qwen(vocab_size, (151643, 151645, 151643), hidden, layers, seed, dtype)
 
 
+def check_decoder_logits(decoder, prompts, continuation_BT, expected) -> None:
+    """Prefill `prompts` (left-padded) and teacher-force `continuation_BT` through a static decoder; at every
+    step each row's logits must equal `expected(sequence [1, T]) -> logits [V]` (the full forward's)."""
+    from endo_rl.core.batch import left_pad
+
+    logits = decoder.prefill(*left_pad(prompts, 0))
+    for t in range(continuation_BT.shape[1] + 1):
+        for r, p in enumerate(prompts):
+            seq = torch.tensor([p + continuation_BT[r, :t].tolist()])
+            torch.testing.assert_close(logits[r], expected(seq), rtol=1e-6, atol=1e-6)
+        if t < continuation_BT.shape[1]:
+            logits = decoder.decode(continuation_BT[:, t])
+
+
 def small_qwen(dtype=torch.float64, seed: int = 0):
     """A random Qwen2 with a 1000-token vocabulary (the real one makes each step 150x slower on a CPU)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM

@@ -34,6 +34,13 @@ def test_world_size_comes_from_the_environment(monkeypatch):
         ("train.max_step=3", "did you mean 'train.max_steps'"),
         ("algo.loss_agg=mean", "expected one of"),
         ("train.on_nonfinite=ignore", "expected one of"),
+        ("train.logprob_micro_batch_size=0", "'train.logprob_micro_batch_size' must be >= 1 or null, got 0"),
+        (
+            "train.logprob_micro_batch_size=-3",
+            "'train.logprob_micro_batch_size' must be >= 1 or null, got -3",
+        ),
+        ("train.logprob_micro_batch_size=2.5", "'train.logprob_micro_batch_size': expected"),
+        ("train.logprob_micro_batch_size=many", "'train.logprob_micro_batch_size': expected"),
     ],
 )
 def test_bad_training_keys_name_the_key(override, message):

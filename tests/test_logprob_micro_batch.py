@@ -3,12 +3,10 @@ the rollout they produce does not depend on it. Tiny random Qwen2 on CPU (PPO: t
 
 from __future__ import annotations
 
-import pytest
 import torch
 from test_train import tiny_cfg
 
 from endo_rl.core import config
-from endo_rl.core.errors import UserError
 from endo_rl.rl import distributed
 from endo_rl.rl import rollout as rl
 from endo_rl.rl.trainer import Trainer
@@ -42,20 +40,6 @@ def test_no_grad_passes_batch_by_it_and_give_the_same_rollout(tiny_model_dir, tm
         torch.testing.assert_close(
             getattr(wide, name), getattr(default, name), rtol=1e-5, atol=1e-5, msg=name
         )
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("0", "config key 'train.logprob_micro_batch_size' must be >= 1 or null, got 0"),
-        ("-3", "config key 'train.logprob_micro_batch_size' must be >= 1 or null, got -3"),
-        ("2.5", "config key 'train.logprob_micro_batch_size': expected"),
-        ("many", "config key 'train.logprob_micro_batch_size': expected"),
-    ],
-)
-def test_bad_values_name_the_key(value, message):
-    with pytest.raises(UserError, match=message):
-        config.load(None, [f"train.logprob_micro_batch_size={value}"], world_size=1)
 
 
 def test_unset_by_default_and_need_not_divide_the_step():

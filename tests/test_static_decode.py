@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_qwen
+from conftest import check_decoder_logits, make_tiny_qwen
 
 from endo_rl.generation import static as static_decode
 from endo_rl.generation.generator import generate
@@ -45,19 +45,10 @@ def test_prefill_and_decode_logits_match_full_forward(make, window, attention):
     decoder = static_decode.StaticDecoder(
         model, batch_size=3, max_len=5 + 4, window=window, attention=attention
     )
-    ids = torch.full((3, 5), 0, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, p in enumerate(prompts):
-        ids[r, 5 - len(p) :], mask[r, 5 - len(p) :] = torch.tensor(p), 1
-    logits = decoder.prefill(ids, mask)
     continuation = torch.tensor([[21, 22, 23], [24, 25, 26], [27, 28, 29]])
-    for t in range(continuation.shape[1] + 1):
-        for r, p in enumerate(prompts):
-            seq = torch.tensor([p + continuation[r, :t].tolist()])
-            want = model(input_ids=seq).logits[0, -1].float()
-            torch.testing.assert_close(logits[r], want, rtol=1e-6, atol=1e-6)
-        if t < continuation.shape[1]:
-            logits = decoder.decode(continuation[:, t])
+    check_decoder_logits(
+        decoder, prompts, continuation, lambda seq: model(input_ids=seq).logits[0, -1].float()
+    )
 
 
 def test_greedy_generation_matches_hf():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import small_qwen
+from conftest import check_decoder_logits, small_qwen
 from peft import LoraConfig, get_peft_model
 
 from endo_rl.generation import static as static_decode
@@ -42,22 +42,17 @@ def test_prefill_and_decode_logits_match_the_peft_forward():
     prompts = [[5, 6, 7, 8, 9], [11, 12], [13, 14, 15]]
     decoder = static_decode.StaticDecoder(model, batch_size=3, max_len=9, window=2)
     assert len(decoder.lora.buffers) == 2 * 7  # every wrapped projection of both layers, nothing else
-    ids, mask = torch.zeros(3, 5, dtype=torch.long), torch.zeros(3, 5, dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, 5 - len(p) :], mask[r, 5 - len(p) :] = torch.tensor(p), 1
-    logits = decoder.prefill(ids, mask)
+
+    @torch.no_grad()
+    def expected(seq):
+        want = model(input_ids=seq).logits[0, -1].float()
+        with model.disable_adapter():
+            base = model(input_ids=seq).logits[0, -1].float()
+        assert (want - base).abs().max() > 0.1  # the adapter matters: ignoring it would fail the check
+        return want
+
     continuation = torch.tensor([[21, 22, 23], [24, 25, 26], [27, 28, 29]])
-    for t in range(continuation.shape[1] + 1):
-        for r, p in enumerate(prompts):
-            seq = torch.tensor([p + continuation[r, :t].tolist()])
-            with torch.no_grad():
-                want = model(input_ids=seq).logits[0, -1].float()
-                with model.disable_adapter():
-                    base = model(input_ids=seq).logits[0, -1].float()
-            assert (want - base).abs().max() > 0.1  # the adapter matters: ignoring it would fail below
-            torch.testing.assert_close(logits[r], want, rtol=1e-6, atol=1e-6)
-        if t < continuation.shape[1]:
-            logits = decoder.decode(continuation[:, t])
+    check_decoder_logits(decoder, prompts, continuation, expected)
 
 
 def test_generator_follows_adapter_updates_in_place_and_the_disabled_adapter():
