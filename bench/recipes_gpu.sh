@@ -20,8 +20,11 @@ N=${N:-4} K=${K:-2} GPU_A=${GPU_A:-0} GPU_B=${GPU_B:-1}  # GPU_A: eval, then PPO
 mkdir -p "$OUT" /tmp/runs
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled
 PLUGIN=bench.stop_hook:install
+# deterministic=true: A and B are compared step by step, and without it two runs of one command already
+# differ on a GPU (measured: different rollouts from step 1; with the cuBLAS/inductor env vars alone the
+# backward still diverged at step 2). It costs speed (no autotuning, deterministic backward kernels).
 COMMON="model.path=$MODEL train.max_steps=$N train.save_every=$K eval.before=false eval.after=false
-  logging.wandb=false lora.enabled=true lora.save=adapter ${EXTRA:-}"
+  logging.wandb=false lora.enabled=true lora.save=adapter deterministic=true ${EXTRA:-}"
 LAUNCH="accelerate launch --config_file launch/accelerate/single_gpu.yaml --num_processes 1 -m endo_rl.cli train"
 [ -n "${CPU_TEST:-}" ] && LAUNCH="python -m endo_rl.cli train"
 
