@@ -94,8 +94,10 @@ def distinct_rows(ids_BP: torch.Tensor, mask_BP: torch.Tensor) -> tuple[torch.Te
     U = int(copies_B.max()) + 1
     if U == B:
         return None
-    rows_B = torch.arange(B, device=ids_BP.device)
-    rows_U = torch.full((U,), B, dtype=torch.long, device=ids_BP.device).scatter_reduce(
-        0, copies_B, rows_B, "amin"
-    )
-    return rows_U, copies_B
+    # The first row of each copy: a stable sort groups the rows by copy in row order (not scatter_reduce, which
+    # on CUDA counts as nondeterministic and stops a run with deterministic=true).
+    order_B = torch.sort(copies_B, stable=True).indices
+    sorted_B = copies_B[order_B]
+    first_B = torch.ones_like(sorted_B, dtype=torch.bool)
+    first_B[1:] = sorted_B[1:] != sorted_B[:-1]
+    return order_B[first_B], copies_B
