@@ -1,18 +1,25 @@
-"""`deterministic=true`: the same command and seed give the same run on a GPU, bit for bit, at a cost in speed.
+"""`deterministic=true`: deterministic kernels, so a rerun with the same seed repeats on a GPU; slower.
 
 Seeding alone does not make CUDA runs repeat. Measured on one H200 (7B-shaped random model, LoRA, the 7B
 recipes under `accelerate launch`): two runs with the same seed sampled different rollouts from step 1. With
 only the environment variables TORCHINDUCTOR_DETERMINISTIC=1 and CUBLAS_WORKSPACE_CONFIG=:4096:8 the PPO
 recipe's two runs were identical at step 1 (the decode repeated) and diverged from step 2: the backward pass
-was still nondeterministic (atomics in the memory-efficient attention backward, index/scatter backward ops).
+was still nondeterministic (atomics in the attention backward, index/scatter backward ops).
 `make_deterministic` adds the torch switches that cover the backward too. The full switch has NOT yet been
 run on a GPU; on CPU (deterministic anyway) it is tested to set the flags and to leave training unchanged.
 
+Strict, as transformers' `enable_full_determinism`: `torch.use_deterministic_algorithms(True)` without
+`warn_only`. With `warn_only=True` the flash and memory-efficient attention backwards only warn and stay
+nondeterministic (torch's attention_backward.cu takes the deterministic path only when not warn-only), and
+they are the likeliest cause of the step-2 divergence above. The price: an op with no deterministic CUDA
+kernel stops the run with torch's RuntimeError naming the op (such an op must then be replaced, as
+`decode_attention.distinct_rows` avoids scatter_reduce).
+
 Cost: slower steps. Inductor compiles the static decoder without on-device benchmarking/autotuning (it picks
-kernels by heuristics), and the backward uses deterministic kernels where torch has them (e.g. the
-memory-efficient attention backward without atomics), cuDNN without benchmarking. Off by default; turn it on
-for exact comparisons (kill-and-resume against an uninterrupted run, A/B of a code change) rather than for
-throughput.
+kernels by heuristics); the attention backwards run their deterministic variants; index/scatter backwards
+sort instead of using atomics; cuDNN does not benchmark; torch.empty fills new memory (NaN) so stale bytes
+cannot leak into results. Off by default; turn it on for exact comparisons (kill-and-resume against an
+uninterrupted run, A/B of a code change), not for throughput.
 """
 
 from __future__ import annotations
@@ -29,14 +36,14 @@ def make_deterministic() -> None:
     """Make this process's CUDA numerics repeat from run to run; call once, before any CUDA work.
 
     CUBLAS_WORKSPACE_CONFIG is read when the first cuBLAS handle is created (the first matmul on a GPU), so it
-    must be set before then; a value the user already exported is kept. Ops without a deterministic variant
-    warn (`warn_only=True`) instead of stopping the run. All of this is process-global state.
+    must be set before then; a value the user already exported is kept. An op without a deterministic CUDA
+    kernel raises (strict mode: see the module docstring). All of this is process-global state.
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     inductor = _inductor_config()
     if inductor is not None and hasattr(inductor, "deterministic"):  # torch >= 2.6 has the flag
         inductor.deterministic = True
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
 
