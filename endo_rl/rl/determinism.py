@@ -13,7 +13,9 @@ Strict, as transformers' `enable_full_determinism`: `torch.use_deterministic_alg
 nondeterministic (torch's attention_backward.cu takes the deterministic path only when not warn-only), and
 they are the likeliest cause of the step-2 divergence above. The price: an op with no deterministic CUDA
 kernel stops the run with torch's RuntimeError naming the op (such an op must then be replaced, as
-`decode_attention.distinct_rows` avoids scatter_reduce).
+`decode_attention.distinct_rows` avoids scatter_reduce). Known: nucleus sampling (`top_p < 1`, ours and
+transformers') takes a floating-point cumsum, which torch refuses on CUDA in this mode; the recipes use
+top_p = 1, which skips it.
 
 Cost: slower steps. Inductor compiles the static decoder without on-device benchmarking/autotuning (it picks
 kernels by heuristics); the attention backwards run their deterministic variants; index/scatter backwards
