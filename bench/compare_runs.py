@@ -27,6 +27,11 @@ def tensors(ckpt: Path) -> dict:
     return out
 
 
+def number(value) -> str:
+    """A metric as printed: None where the step had nothing to log (e.g. no token left to train on)."""
+    return f"{value:.6g}" if isinstance(value, (int, float)) else str(value)
+
+
 def metrics(run: Path, after: int) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.is_file():
@@ -57,7 +62,7 @@ def main() -> None:
     for ra, rb in zip(ma, mb, strict=False):
         keys = ["loss", "reward/total", "kl", "response_length", "grad_norm"]
         keys += sorted(key for key in ra if key.startswith("time/"))
-        cells = [f"{key} {ra[key]:.6g} / {rb.get(key, float('nan')):.6g}" for key in keys if key in ra]
+        cells = [f"{key} {number(ra[key])} / {number(rb.get(key))}" for key in keys if key in ra]
         print(f"  step {ra.get('step')}: A / B  " + ", ".join(cells))
 
 

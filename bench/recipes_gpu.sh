@@ -14,6 +14,8 @@
 # env: N, K, GRPO_PROMPTS, PPO_PROMPTS, EXTRA (more overrides), SKIP_EVAL / SKIP_TRAIN (one part only),
 #      GPU_A / GPU_B (0 and 0 on a one-GPU machine), KILL_DELAY (s into step K+1), CPU_TEST (plain python),
 #      ALGOS (default "grpo ppo": which recipes to train; on one GPU, one at a time keeps two 7B runs per GPU)
+# Each rollout batch gives the recipes' 4 optimizer steps: GRPO_PROMPTS must be a multiple of 2 and PPO_PROMPTS of 8
+# (mini-batches of a whole number of the recipes' micro-batches, 4 and 2 sequences).
 set -u
 OUT=$1 MODEL=$2
 N=${N:-4} K=${K:-2} GPU_A=${GPU_A:-0} GPU_B=${GPU_B:-1}  # GPU_A: eval, then PPO; GPU_B: GRPO
