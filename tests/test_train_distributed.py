@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from endo_rl.rl.data import process_share
 from endo_rl.rl.run_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,3 +78,25 @@ def test_two_process_ddp_matches_single_process(tiny_model_dir, tmp_path, mini):
             "response_length",
         ):
             assert rb[name] == pytest.approx(ra[name], rel=1e-4, abs=1e-6), (ra["step"], name)
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+@pytest.mark.parametrize("per_mini", [None, 4, 8])
+def test_every_mini_batch_holds_the_same_prompts_whatever_the_process_count(world, per_mini):
+    """Cut each process's share into equal local mini-batches: mini-batch j is, over all processes together,
+    the step's j-th slice of `per_mini` prompts, as on one process."""
+    rows = list(range(100, 116))  # a step of 16 prompts in their global order
+    shares = [process_share(rows, world, rank, per_mini) for rank in range(world)]
+    assert sorted(sum(shares, [])) == rows
+    per = per_mini or len(rows)
+    for j in range(len(rows) // per):
+        local = per // world
+        together = sorted(sum((s[j * local : (j + 1) * local] for s in shares), []))
+        assert together == rows[j * per : (j + 1) * per]
+
+
+def test_a_mini_batch_that_does_not_split_evenly_falls_back_to_contiguous_parts():
+    rows = list(range(12))
+    assert process_share(rows, 4, 1, 6) == [3, 4, 5]  # 6 prompts per mini-batch over 4 processes: contiguous
+    assert process_share(rows, 2, 1, 6) == [3, 4, 5, 9, 10, 11]
+    assert process_share(rows, 1, 0, 6) == rows

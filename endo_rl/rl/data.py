@@ -129,6 +129,25 @@ def gold_answer(answer: str) -> str:
     return answer.strip()
 
 
+def process_share(rows: list[int], world: int, rank: int, per_mini_batch: int | None) -> list[int]:
+    """Process `rank`'s share of a step's prompts `rows` (the same list on every process).
+
+    Each mini-batch's prompts (`per_mini_batch` of them; None: the whole step is one mini-batch) are split
+    evenly over the processes, so the process's local rows, cut into equal slices, give it its part of every
+    mini-batch: mini-batch j holds the same prompts whatever the number of processes, and a run on N processes
+    takes the same optimizer steps as on one. When a mini-batch's prompts do not split evenly (a group of
+    responses would be cut between processes), the step's prompts are split in N contiguous parts instead and
+    mini-batches then depend on N.
+    """
+    per = per_mini_batch if per_mini_batch and per_mini_batch % world == 0 else len(rows)
+    share: list[int] = []
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        k = len(chunk) // world
+        share += chunk[rank * k : (rank + 1) * k]
+    return share
+
+
 class PromptOrder:
     """An endless shuffled stream of row indices: a fresh permutation per epoch, seeded by (seed, epoch)."""
 

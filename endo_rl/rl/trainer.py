@@ -35,7 +35,7 @@ from endo_rl.rl import advantages, checkpoint, distributed, resume, rewards, run
 from endo_rl.rl import metrics as step_metrics
 from endo_rl.rl import rollout as rl
 from endo_rl.rl import setup as train_setup
-from endo_rl.rl.data import Prompt, PromptOrder, load_prompts
+from endo_rl.rl.data import Prompt, PromptOrder, load_prompts, process_share
 from endo_rl.rl.evals import PeriodicEval, TrainEval
 from endo_rl.rl.nonfinite import NonFiniteError, NonFiniteGuard
 from endo_rl.rl.run_log import RunLog
@@ -209,11 +209,11 @@ class Trainer:
 
     def _next_prompts(self) -> list[Prompt]:
         """This process's share of the step's prompts (the global order is the same everywhere)."""
-        acc, k = self.accelerator, self.cfg.train.prompts_per_step // self.accelerator.num_processes
-        rows = self.order.take(self.cfg.train.prompts_per_step)[
-            acc.process_index * k : (acc.process_index + 1) * k
-        ]
-        return [self.prompts[i] for i in rows for _ in range(self.cfg.algo.group_size)]
+        t, g, acc = self.cfg.train, self.cfg.algo.group_size, self.accelerator
+        per_mini = t.mini_batch_size // g if t.mini_batch_size and t.mini_batch_size % g == 0 else None
+        step_rows = self.order.take(t.prompts_per_step)
+        rows = process_share(step_rows, acc.num_processes, acc.process_index, per_mini)
+        return [self.prompts[i] for i in rows for _ in range(g)]
 
     @torch.no_grad()
     def collect(self, policy, prompts: list[Prompt]) -> rl.Rollout:
