@@ -236,30 +236,21 @@ def summarize(times: list[float], metrics: list[dict], args: argparse.Namespace)
     return out
 
 
-def part_trl(args: argparse.Namespace, model, tokenizer) -> dict:
-    import copy
-
-    from datasets import Dataset
+def run_trl(args, model, tokenizer, reward, data, steps: int, per_device_batch: int, **config) -> tuple:
+    """TRL's GRPOTrainer for `steps` optimizer steps on `data`, each step timed (device synchronized);
+    returns (seconds per step, TRL's log history). `config`: further GRPOConfig fields (e.g. gradient
+    accumulation, generation kwargs). Shared by this script and bench/realistic_step.py."""
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from endo_rl.reward.reference import ReferenceModel
-    from endo_rl.trl_adapter import EndogenousRewardFunc
-
-    # the reward runs on a second frozen copy, as a TRL user would set it up; TRL keeps its own KL reference
-    reward = EndogenousRewardFunc(
-        ReferenceModel(copy.deepcopy(model), tokenizer, batch_size=args.prompts * args.group)
-    )
-    texts = [tokenizer.decode(ids) for ids in prompt_ids(args, tokenizer, args.prompts)]
-    data = Dataset.from_dict({"prompt": texts * (args.warmup + args.steps + 1)})
     # TRL builds its KL reference from the policy's path: give it one holding these same random weights
     path = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     model.save_pretrained(path)
     model.config._name_or_path = str(path)
     targs = GRPOConfig(
         output_dir=tempfile.mkdtemp(),
-        max_steps=args.warmup + args.steps,
-        per_device_train_batch_size=args.prompts * args.group,
+        max_steps=steps,
+        per_device_train_batch_size=per_device_batch,
         num_generations=args.group,
         max_completion_length=args.max_new_tokens,
         learning_rate=1e-6,
@@ -272,34 +263,59 @@ def part_trl(args: argparse.Namespace, model, tokenizer) -> dict:
         use_cpu=args.device == "cpu",
         shuffle_dataset=False,
         seed=0,
-        generation_kwargs={"min_new_tokens": args.max_new_tokens},
         model_init_kwargs={"dtype": model.dtype},
+        **config,
     )
+    times: list[float] = []
 
     class StepTimer(TrainerCallback):
-        times: list[float] = []
-
         def on_step_begin(self, *a, **k):
             sync(args.device)
             self.start = time.perf_counter()
 
         def on_step_end(self, *a, **k):
             sync(args.device)
-            self.times.append(time.perf_counter() - self.start)
+            times.append(time.perf_counter() - self.start)
 
-    timer = StepTimer()
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[reward],
         args=targs,
         train_dataset=data,
         processing_class=tokenizer,
-        callbacks=[timer],
+        callbacks=[StepTimer()],
     )
     trainer.train()
-    logs = [h for h in trainer.state.log_history if "completions/mean_length" in h][args.warmup :]
+    return times, trainer.state.log_history
+
+
+def part_trl(args: argparse.Namespace, model, tokenizer) -> dict:
+    import copy
+
+    from datasets import Dataset
+
+    from endo_rl.reward.reference import ReferenceModel
+    from endo_rl.trl_adapter import EndogenousRewardFunc
+
+    # the reward runs on a second frozen copy, as a TRL user would set it up; TRL keeps its own KL reference
+    reward = EndogenousRewardFunc(
+        ReferenceModel(copy.deepcopy(model), tokenizer, batch_size=args.prompts * args.group)
+    )
+    texts = [tokenizer.decode(ids) for ids in prompt_ids(args, tokenizer, args.prompts)]
+    data = Dataset.from_dict({"prompt": texts * (args.warmup + args.steps + 1)})
+    times, history = run_trl(
+        args,
+        model,
+        tokenizer,
+        reward,
+        data,
+        steps=args.warmup + args.steps,
+        per_device_batch=args.prompts * args.group,
+        generation_kwargs={"min_new_tokens": args.max_new_tokens},
+    )
+    logs = [h for h in history if "completions/mean_length" in h][args.warmup :]
     metrics = [{"response_length": h["completions/mean_length"]} for h in logs]
-    return summarize(timer.times[args.warmup :], metrics, args)
+    return summarize(times[args.warmup :], metrics, args)
 
 
 def part_ours_ppo(args: argparse.Namespace, model, tokenizer) -> dict:

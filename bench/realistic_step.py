@@ -229,11 +229,8 @@ def part_ours_ppo(args, model, tokenizer) -> dict:
 def part_trl(args, model, tokenizer) -> dict:
     """TRL's GRPOTrainer: 8 prompts x 8 generations per optimizer step (per-device batch 8 x 8 accumulation)."""
     import copy
-    import tempfile
 
     from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
 
     from endo_rl.reward.reference import ReferenceModel
     from endo_rl.trl_adapter import EndogenousRewardFunc
@@ -250,53 +247,19 @@ def part_trl(args, model, tokenizer) -> dict:
         stop_logit_hook(args.stop_p, [tokenizer.eos_token_id])
     )
     texts = [tokenizer.decode(p.prompt_ids) for p in load_math_prompts(args, tokenizer, args.prompts * steps)]
-    path = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    model.save_pretrained(path)  # TRL builds its KL reference from the policy's path: same random weights
-    model.config._name_or_path = str(path)
-    targs = GRPOConfig(
-        output_dir=tempfile.mkdtemp(),
-        max_steps=steps,
-        per_device_train_batch_size=args.micro_batch,
+    times, history = base.run_trl(
+        args,
+        model,
+        tokenizer,
+        reward,
+        Dataset.from_dict({"prompt": texts}),
+        steps=steps,
+        per_device_batch=args.micro_batch,
         gradient_accumulation_steps=args.prompts * args.group // args.micro_batch,
-        num_generations=args.group,
-        max_completion_length=args.max_new_tokens,
-        learning_rate=1e-6,
-        beta=0.01,
-        bf16=args.device == "cuda",
-        gradient_checkpointing=True,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=args.device == "cpu",
-        shuffle_dataset=False,
-        seed=0,
-        model_init_kwargs={"dtype": model.dtype},
     )
-
-    class StepTimer(TrainerCallback):
-        times: list[float] = []
-
-        def on_step_begin(self, *a, **k):
-            base.sync(args.device)
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            base.sync(args.device)
-            self.times.append(time.perf_counter() - self.start)
-
-    timer = StepTimer()
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=[reward],
-        args=targs,
-        train_dataset=Dataset.from_dict({"prompt": texts}),
-        processing_class=tokenizer,
-        callbacks=[timer],
-    )
-    trainer.train()
-    logs = [h for h in trainer.state.log_history if "completions/mean_length" in h][args.warmup :]
+    logs = [h for h in history if "completions/mean_length" in h][args.warmup :]
     metrics = [{"response_length": h["completions/mean_length"]} for h in logs]
-    out = base.summarize(timer.times[args.warmup :], metrics, argparse.Namespace(**vars(args), world=1))
+    out = base.summarize(times[args.warmup :], metrics, argparse.Namespace(**vars(args), world=1))
     out["longest_response"] = [h.get("completions/max_length") for h in logs]
     return out
 
