@@ -51,11 +51,11 @@ SHAPES = {  # Qwen2.5-Math-7B, and a tiny one for checking the script on a CPU
 }
 
 
-def build_model(args: argparse.Namespace):
-    from transformers import AutoModelForCausalLM, Qwen2Config
+def qwen2_config(shape: str, **overrides):
+    """The Qwen2 config of `shape` (untied LM head, <|endoftext|> as BOS/EOS/pad), with `overrides`."""
+    from transformers import Qwen2Config
 
-    cfg = Qwen2Config(
-        **SHAPES[args.shape],
+    fields = dict(
         max_position_embeddings=4096,
         rope_theta=10000.0,
         tie_word_embeddings=False,
@@ -63,6 +63,13 @@ def build_model(args: argparse.Namespace):
         eos_token_id=151643,
         pad_token_id=151643,
     )
+    return Qwen2Config(**{**SHAPES[shape], **fields, **overrides})
+
+
+def build_model(args: argparse.Namespace):
+    from transformers import AutoModelForCausalLM
+
+    cfg = qwen2_config(args.shape)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     torch.manual_seed(0)
     with torch.device(args.device):

@@ -10,43 +10,20 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoTokenizer, Qwen2ForCausalLM
 
-SHAPES = {
-    "7b": dict(
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        vocab_size=152064,
-    ),
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=152064,
-    ),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import grpo_step as base  # noqa: E402  (the shapes and their config)
 
 
 def build(shape: str, seed: int) -> Qwen2ForCausalLM:
-    cfg = Qwen2Config(
-        **SHAPES[shape],
-        max_position_embeddings=4096,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-        bos_token_id=151643,
-        eos_token_id=151643,
-        pad_token_id=151643,
-        dtype="bfloat16",
-    )
+    # the tiny shape keeps the 7B vocabulary, so the real tokenizer's every id fits
+    cfg = base.qwen2_config(shape, vocab_size=base.SHAPES["7b"]["vocab_size"], dtype="bfloat16")
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
@@ -58,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--tokenizer", required=True)
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="7b")
+    parser.add_argument("--shape", choices=sorted(base.SHAPES), default="7b")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.perf_counter()
