@@ -32,6 +32,14 @@ def make_tiny_qwen(
     return tiny_qwen(vocab_size, (151643, 151645, 151643), hidden, layers, seed, dtype)
 
 
+def gae_brute(rewards, values, length, gamma, lam, final_value=0.0) -> list[float]:
+    """Textbook GAE, one row, pure Python floats: A_h = sum_k (gamma lam)^k delta_{h+k}; the value after the
+    last token is `final_value` (0: the episode ended there)."""
+    v = list(values[:length]) + [final_value]
+    deltas = [rewards[h] + gamma * v[h + 1] - v[h] for h in range(length)]
+    return [sum((gamma * lam) ** k * deltas[h + k] for k in range(length - h)) for h in range(length)]
+
+
 def check_decoder_logits(decoder, prompts, continuation_BT, expected) -> None:
     """Prefill `prompts` (left-padded) and teacher-force `continuation_BT` through a static decoder; at every
     step each row's logits must equal `expected(sequence [1, T]) -> logits [V]` (the full forward's)."""

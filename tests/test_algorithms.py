@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import gae_brute
 
 from endo_rl.rl import algorithms as A
 
@@ -32,13 +33,6 @@ def test_gae_gamma_lam_one_zero_values_is_reward_to_go():
     torch.testing.assert_close(ret, adv)
 
 
-def _gae_brute(rewards, values, length, gamma, lam):
-    """Textbook definition A_h = sum_k (gamma lam)^k delta_{h+k}, one row, pure Python floats."""
-    v = list(values[:length]) + [0.0]
-    deltas = [rewards[h] + gamma * v[h + 1] - v[h] for h in range(length)]
-    return [sum((gamma * lam) ** k * deltas[h + k] for k in range(length - h)) for h in range(length)]
-
-
 def test_gae_against_brute_force_float64():
     g = torch.Generator().manual_seed(0)
     rewards = torch.randn(4, 7, generator=g, dtype=torch.float64)
@@ -47,7 +41,7 @@ def test_gae_against_brute_force_float64():
     mask = torch.arange(7)[None] < torch.tensor(lengths)[:, None]
     adv, _ = A.gae(rewards, values, mask, gamma=0.97, lam=0.9)
     for b, n in enumerate(lengths):
-        expected = _gae_brute(rewards[b].tolist(), values[b].tolist(), n, 0.97, 0.9)
+        expected = gae_brute(rewards[b].tolist(), values[b].tolist(), n, 0.97, 0.9)
         assert adv[b, :n].tolist() == pytest.approx(expected, rel=1e-12, abs=1e-12)
         assert adv[b, n:].abs().sum() == 0
 

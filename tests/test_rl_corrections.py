@@ -7,15 +7,9 @@ import math
 
 import pytest
 import torch
+from conftest import gae_brute
 
 from endo_rl.rl import algorithms as A
-
-
-def _gae_brute(rewards, values, length, gamma, lam, final_value):
-    """A_h = sum_k (gamma lam)^k delta_{h+k}; the value after the last token is `final_value`."""
-    v = list(values[:length]) + [final_value]
-    deltas = [rewards[h] + gamma * v[h + 1] - v[h] for h in range(length)]
-    return [sum((gamma * lam) ** k * deltas[h + k] for k in range(length - h)) for h in range(length)]
 
 
 def test_gae_bootstraps_truncated_rows_with_the_next_value():
@@ -30,7 +24,7 @@ def test_gae_bootstraps_truncated_rows_with_the_next_value():
     adv, ret = A.gae(rewards, values, mask, gamma=0.99, lam=0.9, final_values_B=final)
     old, _ = A.gae(rewards, values, mask, gamma=0.99, lam=0.9)
     for b, n in enumerate(lengths):
-        want = _gae_brute(rewards[b].tolist(), values[b].tolist(), n, 0.99, 0.9, final[b].item())
+        want = gae_brute(rewards[b].tolist(), values[b].tolist(), n, 0.99, 0.9, final[b].item())
         assert adv[b, :n].tolist() == pytest.approx(want, rel=1e-12, abs=1e-12)
         assert adv[b, n:].abs().sum() == 0
         torch.testing.assert_close(ret[b, :n], adv[b, :n] + values[b, :n])
