@@ -186,13 +186,9 @@ def part_reference(args: argparse.Namespace, model, tokenizer) -> dict:
 # ----- parts: one GRPO step, ours and TRL's ------------------------------------------------------------------
 
 
-def part_ours(args: argparse.Namespace, model, tokenizer, algo: str = "grpo") -> dict:
-    """Our trainer's step; GRPO (sequence reward) or PPO (dense token rewards, value head, GAE)."""
-    from endo_rl.core import config
-    from endo_rl.rl.data import Prompt
-    from endo_rl.rl.trainer import Trainer
-
-    overrides = [
+def trainer_overrides(args, algo: str, steps: int, prompts_per_step: int, *extra: str) -> list[str]:
+    """Our trainer's config on the benchmark's workload (shared with bench/realistic_step.py), plus `extra`."""
+    return [
         f"output_dir={tempfile.mkdtemp()}",
         f"algo.name={algo}",
         f"algo.group_size={args.group}",
@@ -200,16 +196,27 @@ def part_ours(args: argparse.Namespace, model, tokenizer, algo: str = "grpo") ->
         # GRPO: KL as a k3 loss term, as TRL's beta does (no extra no-grad policy pass); PPO: KL in the reward
         f"algo.kl_mode={'reward' if algo == 'ppo' else 'loss'}",
         "algo.kl_coef=0.01",
-        f"train.prompts_per_step={args.prompts * args.world}",
+        f"train.prompts_per_step={prompts_per_step}",
         f"train.micro_batch_size={args.micro_batch}",
         "train.lr=1e-6",
-        f"train.max_steps={args.warmup + args.steps}",
+        f"train.max_steps={steps}",
         f"generation.max_new_tokens={args.max_new_tokens}",
         f"generation.batch_size={args.prompts * args.group}",
-        f"generation.backend={args.backend}",
         "logging.wandb=false",
         "model.gradient_checkpointing=true",
+        *extra,
     ]
+
+
+def part_ours(args: argparse.Namespace, model, tokenizer, algo: str = "grpo") -> dict:
+    """Our trainer's step; GRPO (sequence reward) or PPO (dense token rewards, value head, GAE)."""
+    from endo_rl.core import config
+    from endo_rl.rl.data import Prompt
+    from endo_rl.rl.trainer import Trainer
+
+    overrides = trainer_overrides(
+        args, algo, args.warmup + args.steps, args.prompts * args.world, f"generation.backend={args.backend}"
+    )
     cfg = config.load(None, overrides)
     n = args.prompts * args.world
     prompts = [

@@ -151,29 +151,13 @@ def step_shape(rollout, micro_batch: int) -> dict:
 
 
 def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
-    import tempfile
-
     from endo_rl.core import config
     from endo_rl.rl.trainer import Trainer
 
     steps = args.warmup + args.steps
-    overrides = [
-        f"output_dir={tempfile.mkdtemp()}",
-        f"algo.name={algo}",
-        f"algo.group_size={args.group}",
-        f"reward.endogenous.level={'token' if algo == 'ppo' else 'sequence'}",
-        f"algo.kl_mode={'reward' if algo == 'ppo' else 'loss'}",
-        "algo.kl_coef=0.01",
-        f"train.prompts_per_step={args.prompts}",
-        f"train.micro_batch_size={args.micro_batch}",
-        f"train.logprob_micro_batch_size={args.logprob_micro_batch}",
-        "train.lr=1e-6",
-        f"train.max_steps={steps}",
-        f"generation.max_new_tokens={args.max_new_tokens}",
-        f"generation.batch_size={args.prompts * args.group}",
-        "logging.wandb=false",
-        "model.gradient_checkpointing=true",
-    ]
+    overrides = base.trainer_overrides(
+        args, algo, steps, args.prompts, f"train.logprob_micro_batch_size={args.logprob_micro_batch}"
+    )
     cfg = config.load(None, overrides)
     model.get_output_embeddings().register_forward_hook(
         stop_logit_hook(args.stop_p, [tokenizer.eos_token_id])
