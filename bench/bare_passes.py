@@ -18,19 +18,8 @@ hardware. Used by `realistic_step.py` (part `ours`, the last measured step's rol
 
 from __future__ import annotations
 
-import time
-
 import torch
-
-
-def _timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+from grpo_step import timed  # bench/ is on sys.path (realistic_step.py, the only caller)
 
 
 def bare_passes(
@@ -82,8 +71,8 @@ def bare_passes(
     model.train()  # gradient checkpointing is active in train mode only (dropout is 0 in these models)
     try:
         return {
-            "bare_forward_s": min(_timed(forward, device) for _ in range(repeat)),
-            "bare_update_s": min(_timed(update, device) for _ in range(repeat)),
+            "bare_forward_s": min(timed(forward, device.type, repeat, warmup=0)),
+            "bare_update_s": min(timed(update, device.type, repeat, warmup=0)),
         }
     finally:
         model.train(was_training)

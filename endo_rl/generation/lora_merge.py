@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import torch
 
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP = ("gate_proj", "up_proj", "down_proj")
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
 def projections(layer: torch.nn.Module) -> dict[str, torch.nn.Module | None]:
     """A decoder layer's seven projections by name (None where one is missing)."""
-    out = {n: getattr(layer.self_attn, n, None) for n in ATTENTION}
-    out.update({n: getattr(layer.mlp, n, None) for n in MLP})
+    out = {n: getattr(layer.self_attn, n, None) for n in ATTENTION_PROJECTIONS}
+    out.update({n: getattr(layer.mlp, n, None) for n in MLP_PROJECTIONS})
     return out
 
 
