@@ -72,3 +72,18 @@ def test_launch_configs_parse(name):
     assert cfg["distributed_type"] in ("NO", "MULTI_GPU", "DEEPSPEED")
     if name.startswith("zero") or name == "multinode":
         assert cfg["deepspeed_config"]["zero_stage"] == (2 if name == "zero2" else 3)
+
+
+def test_single_gpu_launch_keeps_cuda_visible_devices(monkeypatch):
+    """`CUDA_VISIBLE_DEVICES=1 accelerate launch --config_file single_gpu.yaml` must run on GPU 1: with
+    `gpu_ids: '0'` accelerate's simple launcher overwrote the variable, and two runs meant for two GPUs shared
+    GPU 0 (seen on an H200 x2 machine: four 7B runs on one GPU, one out of memory). Uses accelerate's own parser
+    and launcher environment, as `accelerate launch` does."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_simple_launcher_cmd_env
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    argv = ["--config_file", str(LAUNCH / "single_gpu.yaml"), "-m", "endo_rl.cli", "train"]
+    args, *_ = _validate_launch_command(launch_command_parser().parse_args(argv))
+    _, env = prepare_simple_launcher_cmd_env(args)
+    assert env["CUDA_VISIBLE_DEVICES"] == "1"
