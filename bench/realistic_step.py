@@ -13,7 +13,7 @@ V exp(s^2/2)), mean length near 1/p. Both sides sample from the same hooked mode
 
 Parts (each its own process, so peak memory is its own): `ceilings` (copy bandwidth, bf16 matmul rate),
 `decode` (ms per decode step at batch 64 through our generator, vs the weight-read bound; each attention of
-`--decode-attention`, default gqa,sdpa, timed in turn), `ours` / `ours_ppo` (our trainer's GRPO / PPO step;
+`--decode-attention`, default sdpa,gqa, timed in turn), `ours` / `ours_ppo` (our trainer's GRPO / PPO step;
 per-step longest response, tokens computed incl. padding, compilations after warm-up; no-grad passes at
 `--logprob-micro-batch`), `trl` (TRL's GRPOTrainer: same hook, prompts and 64 completions per step; the
 endogenous reward from our batched adapter on a frozen copy). The floor of each step is computed from its own
@@ -277,7 +277,7 @@ def parse(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--stop-p", type=float, default=1 / 256)
     p.add_argument(
-        "--decode-attention", default="gqa,sdpa", help="decode part: attentions to time, first one reported"
+        "--decode-attention", default="sdpa,gqa", help="decode part: attentions to time, first one reported"
     )
     p.add_argument("--steps", type=int, default=10, help="measured steps after warm-up")
     p.add_argument("--warmup", type=int, default=2)

@@ -109,7 +109,7 @@ class StaticDecoderGenerator:
         window: int = 128,
         use_cuda_graph: bool = True,
         compile: bool | str | object = True,
-        attention: str = "gqa",
+        attention: str = "sdpa",
     ):
         if not static_decode.supports(model):
             raise ValueError(

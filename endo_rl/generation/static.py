@@ -124,13 +124,13 @@ def post_attention(x_B1D, attn_BH1d, w: LayerWeights, eps):
 
 
 def decode_layer(
-    fns, x_B1D, w, k_cache, v_cache, cos_B1d, sin_B1d, slot_1, valid_BS, dims, eps, attention="gqa"
+    fns, x_B1D, w, k_cache, v_cache, cos_B1d, sin_B1d, slot_1, valid_BS, dims, eps, attention="sdpa"
 ):
     """One decoder layer for one new token per row, writing its key/value at cache slot `slot_1`.
 
     `fns` = (pre_attention, post_attention), compiled or not: torch.compile fuses their elementwise work
     (norms, rotary, SiLU) so a CUDA-graph replay launches a few kernels per layer instead of ~40. The cache
-    write (in place, one slot) and the attention over the window (`decode_attention`: "gqa" or "sdpa") stay
+    write (in place, one slot) and the attention over the window (`decode_attention`: "sdpa" or "gqa") stay
     outside the compiled code.
     """
     pre, post = fns
@@ -173,7 +173,7 @@ class StaticDecoder:
     `compile`: False (eager), True (inductor on CUDA, eager elsewhere) or a torch.compile backend.
     `lora`: the merged LoRA weights (see the module docstring) shared with other decoders of the same model; its
     owner refreshes it. By default the decoder owns one and refreshes it in `sync_weights`.
-    `attention`: the decode step's attention, "gqa" (default) or "sdpa" (see `decode_layer`).
+    `attention`: the decode step's attention, "sdpa" (default) or "gqa" (see `decode_layer`).
     """
 
     def __init__(
@@ -185,7 +185,7 @@ class StaticDecoder:
         compile: bool | str | object = True,
         window: int = 128,
         lora: LoraMerge | None = None,
-        attention: str = "gqa",
+        attention: str = "sdpa",
     ):
         if attention not in ATTENTION:
             raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
