@@ -36,8 +36,8 @@ class TrainEval:
     ):
         self.cfg, self.dir, self.tokenizer = cfg, Path(output_dir) / "eval", tokenizer
         self.periodic_fn = periodic
-        self.done: dict[int, tuple[str, dict[str, float]]] = {}
-        """step -> (tag, metrics) of the math evaluations run at that step (metrics empty off the main process)."""
+        self.done: dict[int, str] = {}
+        """step -> tag of the math evaluation run at that step."""
 
     def settings(self):
         from endo_rl.evaluation.evaluator import EvalSettings
@@ -65,11 +65,13 @@ class TrainEval:
 
     def run(self, tag: str, model: torch.nn.Module, accelerator, step: int | None = None) -> dict[str, float]:
         """Evaluate the current policy (after `step` steps); returns metrics `eval/<benchmark>/accuracy` and
-        `eval/accuracy`. Weights already evaluated at `step` are not evaluated again: that report is copied."""
+        `eval/accuracy`. Weights already evaluated at `step` are not evaluated again: that report is copied, and
+        no metrics are returned (they were logged at that step already; a second row would repeat them)."""
         from endo_rl.evaluation.evaluator import evaluate
 
         if step in self.done:
-            return self._reuse(tag, *self.done[step], accelerator)
+            self._reuse(tag, self.done[step], accelerator)
+            return {}
         settings = self.settings()
         settings.validate()
         report = self._isolated(
@@ -84,10 +86,10 @@ class TrainEval:
             metrics = {f"eval/{name}/accuracy": m["accuracy"] for name, m in report["benchmarks"].items()}
             metrics["eval/accuracy"] = report["average"]["accuracy"]
         if step is not None:  # on every process, so that all of them take the same path next time
-            self.done[step] = (tag, metrics)
+            self.done[step] = tag
         return metrics
 
-    def _reuse(self, tag: str, source: str, metrics: dict[str, float], accelerator) -> dict[str, float]:
+    def _reuse(self, tag: str, source: str, accelerator) -> None:
         """The report of `source` (same weights) as `tag`'s, copied on the main process."""
         if accelerator.is_main_process:
             shutil.copytree(self.dir / source, self.dir / tag, dirs_exist_ok=True)
@@ -95,7 +97,6 @@ class TrainEval:
             if tag == "after":
                 self._compare(json.loads((self.dir / tag / "report.json").read_text(encoding="utf-8")))
         accelerator.wait_for_everyone()
-        return dict(metrics)
 
     def _isolated(self, model: torch.nn.Module, accelerator, fn: Callable[[torch.nn.Module], object]):
         """fn(policy LM) on the main process (None elsewhere), parameters gathered, RNG state restored after."""
