@@ -1,0 +1,101 @@
+"""Where the bare model's no-grad forward spends its time on realistic lengths: a kernel profile by category.
+
+    python bench/profile_forward.py [--shape 7b] [--device cuda] [--rows 64] [--micro-batch 32]
+
+Issue 12's realistic step measured the Hugging Face model's own forward (the reference pass without the
+trainer, `bare_passes.py`) at about 2.7x its matmul floor. This splits that forward into kernel categories
+(matmuls, attention, everything else) with torch.profiler. Lengths as in the realistic step: prompts of
+60-200 tokens, responses geometric with mean 256 (the stop-token hook's p = 1/256) capped at 1024, grouped
+by length into micro-batches (`rl.rollout.micro_batches`) and left-padded as the trainer does; random-init
+weights of the given shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import grpo_step as base  # noqa: E402
+
+CATEGORIES = (  # first match wins; kernel names of cuBLAS/cuBLASLt, CUTLASS, SDPA's backends, Triton
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "matmul", "addmm", "aten::mm", "aten::bmm")),
+    ("attention", ("fmha", "flash", "attention", "efficient", "softmax")),
+)
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def rollout(rows: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [[11] * int(torch.randint(60, 201, (1,), generator=gen)) for _ in range(rows)]
+    lengths = torch.empty(rows).geometric_(1 / 256, generator=gen).clamp(max=1024).long().tolist()
+    return prompts, [[13] * n for n in lengths]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", default="7b", choices=list(base.SHAPES))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--micro-batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    from endo_rl.rl import rollout as rl
+
+    model = base.build_model(args).eval()
+    prompts, responses = rollout(args.rows, args.seed)
+    lengths = rl.sequence_lengths(prompts, responses)
+    groups = rl.micro_batches(lengths, args.micro_batch)
+    batches = [rl.packed(prompts, responses, g, 0, torch.device(args.device)) for g in groups]
+    real = sum(lengths)
+    computed = rl.computed_tokens(lengths, groups)
+
+    @torch.no_grad()
+    def forward():
+        for b in batches:
+            hidden_BTD = model.get_decoder()(
+                input_ids=b.input_ids_BT,
+                attention_mask=b.attention_mask_BT,
+                position_ids=b.position_ids_BT,
+                use_cache=False,
+            ).last_hidden_state
+            index_BLD = b.predictor_index_BL[..., None].expand(-1, -1, hidden_BTD.shape[-1])
+            model.get_output_embeddings()(hidden_BTD.gather(1, index_BLD)[b.response_mask_BL])
+
+    seconds = min(base.timed(forward, args.device, repeat=3, warmup=1))
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if args.device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        forward()
+        base.sync(args.device)
+    events = [e for e in prof.key_averages() if e.device_type.name == args.device.upper()] or list(
+        prof.key_averages()
+    )
+    attr = "device_time_total" if args.device == "cuda" else "self_cpu_time_total"
+    by_cat: dict[str, float] = defaultdict(float)
+    for e in events:
+        by_cat[category(e.key)] += getattr(e, attr) / 1e6
+    total = sum(by_cat.values())
+    print(
+        f"{args.shape}, {args.rows} rows in micro-batches of {args.micro_batch}: {real} real tokens, "
+        f"{computed} computed (padding included); forward {seconds:.3f} s (best of 3)"
+    )
+    for cat, s in sorted(by_cat.items(), key=lambda kv: -kv[1]):
+        print(f"  {cat:10s} {s:8.3f} s  {100 * s / total:5.1f}% of kernel time")
+    print("top kernels:")
+    for e in sorted(events, key=lambda e: -getattr(e, attr))[:20]:
+        print(f"  {getattr(e, attr) / 1e3:9.1f} ms  x{e.count:<5d} [{category(e.key)}] {e.key[:110]}")
+
+
+if __name__ == "__main__":
+    main()
