@@ -22,6 +22,18 @@ import torch
 from grpo_step import timed  # bench/ is on sys.path (realistic_step.py, the only caller)
 
 
+def response_logits(model, batch) -> torch.Tensor:
+    """The trunk once, the LM head at the response-predicting positions only: [response tokens, V]."""
+    hidden_BTD = model.get_decoder()(
+        input_ids=batch.input_ids_BT,
+        attention_mask=batch.attention_mask_BT,
+        position_ids=batch.position_ids_BT,
+        use_cache=False,
+    ).last_hidden_state
+    index_BLD = batch.predictor_index_BL[..., None].expand(-1, -1, hidden_BTD.shape[-1])
+    return model.get_output_embeddings()(hidden_BTD.gather(1, index_BLD)[batch.response_mask_BL])
+
+
 def bare_passes(
     model,
     prompt_ids,
@@ -45,24 +57,14 @@ def bare_passes(
 
     forward_batches, update_batches = batches(forward_micro_batch), batches(update_micro_batch)
 
-    def logits(batch):  # the trunk once, the LM head at the response-predicting positions only
-        hidden_BTD = model.get_decoder()(
-            input_ids=batch.input_ids_BT,
-            attention_mask=batch.attention_mask_BT,
-            position_ids=batch.position_ids_BT,
-            use_cache=False,
-        ).last_hidden_state
-        index_BLD = batch.predictor_index_BL[..., None].expand(-1, -1, hidden_BTD.shape[-1])
-        return model.get_output_embeddings()(hidden_BTD.gather(1, index_BLD)[batch.response_mask_BL])
-
     @torch.no_grad()
     def forward():
         for batch in forward_batches:
-            logits(batch)
+            response_logits(model, batch)
 
     def update():
         for batch in update_batches:
-            z_NV = logits(batch)
+            z_NV = response_logits(model, batch)
             targets_N1 = batch.response_ids_BL[batch.response_mask_BL][:, None]
             z_NV.float().log_softmax(-1).gather(-1, targets_N1).sum().backward()
         model.zero_grad(set_to_none=True)

@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpo_step as base  # noqa: E402
+from bare_passes import response_logits  # noqa: E402
 
 CATEGORIES = (  # first match wins; kernel names of cuBLAS/cuBLASLt, CUTLASS, SDPA's backends, Triton
     ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "matmul", "addmm", "aten::mm", "aten::bmm")),
@@ -62,14 +63,7 @@ def main() -> None:
     @torch.no_grad()
     def forward():
         for b in batches:
-            hidden_BTD = model.get_decoder()(
-                input_ids=b.input_ids_BT,
-                attention_mask=b.attention_mask_BT,
-                position_ids=b.position_ids_BT,
-                use_cache=False,
-            ).last_hidden_state
-            index_BLD = b.predictor_index_BL[..., None].expand(-1, -1, hidden_BTD.shape[-1])
-            model.get_output_embeddings()(hidden_BTD.gather(1, index_BLD)[b.response_mask_BL])
+            response_logits(model, b)  # what bench/bare_passes.py times as the bare forward
 
     seconds = min(base.timed(forward, args.device, repeat=3, warmup=1))
     activities = [torch.profiler.ProfilerActivity.CPU]
