@@ -146,7 +146,9 @@ def reference_pass(
     `reference_forward`)."""
     device = next(lm.parameters()).device
     width = max(len(r) for r in response_ids)
-    batches = micro_batches(sequence_lengths(prompt_ids, response_ids), batch_size)
+    # rank-local (a local frozen reference copy, or the policy whose full parameters collect() gathered): the
+    # number of micro-batches may differ between processes
+    batches = padding_aware_micro_batches(sequence_lengths(prompt_ids, response_ids), batch_size)
     logprobs, rewards = [], []
     for rows in batches:
         batch = packed(prompt_ids, response_ids, rows, pad_id, device)
@@ -170,7 +172,9 @@ def policy_pass(
     """The policy's log-probs and entropy at `temperature` (and values, with a value head) at sampling time,
     [B, L] (or [B]) on CPU."""
     width = max(len(r) for r in response_ids)
-    batches = micro_batches(sequence_lengths(prompt_ids, response_ids), batch_size)
+    # rank-local (the unwrapped policy whose full parameters collect() gathered): the number of micro-batches
+    # may differ between processes
+    batches = padding_aware_micro_batches(sequence_lengths(prompt_ids, response_ids), batch_size)
     parts: dict[str, list[torch.Tensor]] = {}
     for rows in batches:
         out = forward(**vars(packed(prompt_ids, response_ids, rows, pad_id, device)), temperature=temperature)
