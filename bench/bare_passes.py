@@ -43,19 +43,20 @@ def bare_passes(
     update_micro_batch: int,
     repeat: int = 2,
 ) -> dict:
-    """Seconds for the bare forward and forward+backward over the rollout's length-grouped micro-batches of
-    `forward_micro_batch` / `update_micro_batch` rows (the trainer's reference and update sizes), best of
-    `repeat`."""
+    """Seconds for the bare forward and forward+backward over the rollout's length-grouped micro-batches of at
+    most `forward_micro_batch` / exactly `update_micro_batch` rows (the trainer's reference and update
+    groupings), best of `repeat`."""
     from endo_rl.rl import rollout as rl
 
     device = next(model.parameters()).device
     lengths = rl.sequence_lengths(prompt_ids, response_ids)
 
-    def batches(size: int) -> list:
-        rows = rl.micro_batches(lengths, size)
-        return [rl.packed(prompt_ids, response_ids, r, pad_id, device) for r in rows]
+    def batches(groups: list[list[int]]) -> list:
+        return [rl.packed(prompt_ids, response_ids, r, pad_id, device) for r in groups]
 
-    forward_batches, update_batches = batches(forward_micro_batch), batches(update_micro_batch)
+    # as the trainer groups them: padding-aware for the no-grad pass, fixed size for the update
+    forward_batches = batches(rl.padding_aware_micro_batches(lengths, forward_micro_batch))
+    update_batches = batches(rl.micro_batches(lengths, update_micro_batch))
 
     @torch.no_grad()
     def forward():

@@ -134,16 +134,22 @@ def row_order_batches(n: int, size: int) -> list[list[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
 
-def step_shape(rollout, micro_batch: int) -> dict:
-    """Token counts of one step's rollout: what the floor is computed from, and what padding cost."""
+def step_shape(rollout, micro_batch: int, logprob_micro_batch: int) -> dict:
+    """Token counts of one step's rollout: what the floor is computed from, and what padding cost: positions
+    computed by the update's micro-batches of `micro_batch` rows (`computed_tokens`), by the no-grad passes'
+    padding-aware ones of at most `logprob_micro_batch` rows (`computed_tokens_logprob`), and by row-order
+    micro-batches of `micro_batch`."""
     from endo_rl.rl import rollout as rl
 
     lengths = rl.sequence_lengths(rollout.prompt_ids, rollout.response_ids)
+    logprob_batches = rl.padding_aware_micro_batches(lengths, logprob_micro_batch)
     return {
         "longest_response": max(len(r) for r in rollout.response_ids),
         "response_tokens": sum(len(r) for r in rollout.response_ids),
         "tokens": sum(lengths),
         "computed_tokens": rl.computed_tokens(lengths, rl.micro_batches(lengths, micro_batch)),
+        "computed_tokens_logprob": rl.computed_tokens(lengths, logprob_batches),
+        "logprob_micro_batches": len(logprob_batches),
         "computed_tokens_row_order": rl.computed_tokens(
             lengths, row_order_batches(len(lengths), micro_batch)
         ),
@@ -169,7 +175,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
 
     def recording_collect(policy, step_prompts):  # reads the rollout's token counts; changes nothing
         rollout = collect(policy, step_prompts)
-        shapes.append(step_shape(rollout, args.micro_batch))
+        shapes.append(step_shape(rollout, args.micro_batch, args.logprob_micro_batch))
         last["rollout"] = rollout
         return rollout
 

@@ -58,6 +58,8 @@ def analyse(results: dict, shape: str) -> dict:
         r["tokens_per_step"] = statistics.mean(s["tokens"] for s in steps)
         r["computed_per_step"] = statistics.mean(s["computed_tokens"] for s in steps)
         r["computed_row_order_per_step"] = statistics.mean(s["computed_tokens_row_order"] for s in steps)
+        if all("computed_tokens_logprob" in s for s in steps):  # absent from runs before it was recorded
+            r["computed_logprob_per_step"] = statistics.mean(s["computed_tokens_logprob"] for s in steps)
         r["longest_mean"] = statistics.mean(s["longest_response"] for s in steps)
     if ceilings and "decode" in results and "ms_per_step" in results["decode"]:
         bound_ms = 1e3 * 2 * (sizes["layers"] + sizes["head"]) / ceilings["copy_bytes_per_s"]
@@ -72,10 +74,10 @@ def analyse(results: dict, shape: str) -> dict:
 def table(results: dict) -> str:
     head = (
         "| | step s | floor s | / floor | completion tok/s | mean / longest response | generate s | "
-        "reference s | old log-probs s | update s | tokens computed / real (row-order batches) | peak GiB | "
-        "compiles after warm-up | generate vs decode floor |"
+        "reference s | old log-probs s | update s | tokens computed / real (row-order batches) | "
+        "no-grad passes computed / real | peak GiB | compiles after warm-up | generate vs decode floor |"
     )
-    rows = [head, "|" + "---|" * 14]
+    rows = [head, "|" + "---|" * 15]
     for name, label in (("ours", "endo_rl GRPO"), ("ours_ppo", "endo_rl PPO"), ("trl", "TRL GRPOTrainer")):
         r = results.get(name)
         if not r or "step_s" not in r:
@@ -109,6 +111,9 @@ def table(results: dict) -> str:
             f("old_logprobs_s"),
             f("update_s"),
             padding,
+            f"{r['computed_logprob_per_step'] / r['tokens_per_step']:.2f}"
+            if "computed_logprob_per_step" in r
+            else "n/a",
             f("peak_gib", "{:.1f}"),
             f("compiles_after_warmup", "{}"),
             f("generate_over_decode_floor", "{:.2f}x"),

@@ -27,9 +27,9 @@ def collected(model_dir, out, *overrides):
 
 def test_no_grad_passes_batch_by_it_and_give_the_same_rollout(tiny_model_dir, tmp_path, monkeypatch):
     sizes: list[int] = []  # the size each pass formed its micro-batches with
-    micro_batches = rl.micro_batches
+    grouping = rl.padding_aware_micro_batches
     monkeypatch.setattr(
-        rl, "micro_batches", lambda lengths, size: sizes.append(size) or micro_batches(lengths, size)
+        rl, "padding_aware_micro_batches", lambda lengths, size: sizes.append(size) or grouping(lengths, size)
     )
     default = collected(tiny_model_dir, tmp_path / "a")
     assert sizes == [2, 2]  # reference pass, then the old log-prob/value pass
