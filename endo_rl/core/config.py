@@ -201,7 +201,7 @@ class TrainConfig:
     micro_batch_size: int = 8
     """Sequences per forward/backward pass (gradient accumulation covers the rest of a mini-batch)."""
     logprob_micro_batch_size: int | None = None
-    """Sequences per no-grad pass (reference, PPO's old log-probs/values); None: train.micro_batch_size."""
+    """At most this many sequences per no-grad pass (reference, PPO's old pass); None: micro_batch_size."""
     lr: float = 1e-6
     """Peak learning rate (AdamW)."""
     value_head_lr: float | None = None
