@@ -100,6 +100,11 @@ def padding_aware_micro_batches(
     return [sorted(order[j:i]) for j, i in reversed(bounds)]
 
 
+def logprob_micro_batch(train) -> int:
+    """The row cap of the no-grad passes: `train.logprob_micro_batch_size`, or the update's micro-batch size."""
+    return train.logprob_micro_batch_size or train.micro_batch_size
+
+
 def sequence_lengths(prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[int]:
     return [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
 

@@ -245,7 +245,7 @@ class Trainer:
                     prompt_ids,
                     response_ids,
                     self.pad_id,
-                    self.cfg.train.logprob_micro_batch_size or self.cfg.train.micro_batch_size,
+                    rl.logprob_micro_batch(self.cfg.train),
                     loss_temperature(self.cfg),
                 )
             rollout.old_logprobs_BL, rollout.old_entropy_BL = old["logprobs_BL"], old["entropy_BL"]
@@ -265,7 +265,7 @@ class Trainer:
         the raw logits; truncated responses bootstrap logsumexp(z_{H+1}) under truncation=bootstrap)."""
         endo, mbs, prompt_ids = (
             self.cfg.reward.endogenous,
-            self.cfg.train.logprob_micro_batch_size or self.cfg.train.micro_batch_size,
+            rl.logprob_micro_batch(self.cfg.train),
             [p.prompt_ids for p in prompts],
         )
         bootstrap_B = truncated_B if self.truncation == "bootstrap" else None
