@@ -250,9 +250,12 @@ def summarize(times: list[float], metrics: list[dict], args: argparse.Namespace)
     return out
 
 
-def run_trl(args, model, tokenizer, reward, data, steps: int, per_device_batch: int, **config) -> tuple:
+def run_trl(
+    args, model, tokenizer, reward, data, steps: int, per_device_batch: int, on_log=None, **config
+) -> tuple:
     """TRL's GRPOTrainer for `steps` optimizer steps on `data`, each step timed (device synchronized);
-    returns (seconds per step, TRL's log history). `config`: further GRPOConfig fields (e.g. gradient
+    returns (seconds per step, TRL's log history). `on_log(times, history)` is called after each of TRL's
+    logs (every step), with what is known so far. `config`: further GRPOConfig fields (e.g. gradient
     accumulation, generation kwargs). Shared by this script and bench/realistic_step.py."""
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -290,6 +293,10 @@ def run_trl(args, model, tokenizer, reward, data, steps: int, per_device_batch: 
         def on_step_end(self, *a, **k):
             sync(args.device)
             times.append(time.perf_counter() - self.start)
+
+        def on_log(self, targs, state, *a, **k):
+            if on_log is not None:
+                on_log(list(times), list(state.log_history))
 
     trainer = GRPOTrainer(
         model=model,

@@ -27,6 +27,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,6 +50,13 @@ def load_math_prompts(args: argparse.Namespace, tokenizer, n: int) -> list:
     rows = [row for _, row in read_jsonl(Path(args.data))][:n]
     ids = [templates.prompt_ids("qwen25-math-cot", tokenizer, row["problem"]) for row in rows]
     return [Prompt(f"math {i}", r["problem"], p, None, None) for i, (r, p) in enumerate(zip(rows, ids))]
+
+
+def save_partial(args, measured: dict) -> None:
+    """What a part has measured so far, rewritten after every step (`--partial`): a part stopped by
+    `--part-timeout` (or killed) still leaves its finished steps for the parent to keep."""
+    if getattr(args, "partial", None):
+        Path(args.partial).write_text(json.dumps(measured))
 
 
 def compile_count() -> int:
@@ -186,6 +194,16 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
     for _ in range(steps):
         metrics.append(trainer.train_step())
         compiles.append(compile_count())
+        save_partial(
+            args,
+            {
+                "algo": algo,
+                "step_times_s": [m["step_time_s"] for m in metrics],
+                "phase_times": [{k: v for k, v in m.items() if k.startswith("time/")} for m in metrics],
+                "per_step": shapes,
+                "compiles_per_step": compiles,
+            },
+        )
     steady = metrics[args.warmup :]
     out = base.summarize(
         [m["step_time_s"] for m in steady], steady, argparse.Namespace(**vars(args), world=1)
@@ -245,6 +263,7 @@ def part_trl(args, model, tokenizer) -> dict:
         Dataset.from_dict({"prompt": texts}),
         steps=steps,
         per_device_batch=args.micro_batch,
+        on_log=lambda times, history: save_partial(args, {"step_times_s": times, "log_history": history}),
         gradient_accumulation_steps=args.prompts * args.group // args.micro_batch,
     )
     logs = [h for h in history if "completions/mean_length" in h][args.warmup :]
@@ -291,6 +310,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--trl-warmup", type=int, default=None, help="TRL's warm-up steps (default --warmup)")
     p.add_argument("--ppo-steps", type=int, default=None, help="our PPO's measured steps (default --steps)")
     p.add_argument("--out", default=None)
+    p.add_argument(
+        "--part-timeout",
+        type=float,
+        default=None,
+        help="seconds per part; a part cut by it keeps the steps it finished (under 'partial')",
+    )
+    p.add_argument("--partial", default=None, help=argparse.SUPPRESS)  # set by the parent for each part
     return p.parse_args(argv)
 
 
@@ -302,6 +328,17 @@ def run_part(args: argparse.Namespace) -> dict:
     result = PART_FNS[args.part](args, model, tokenizer)
     result["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     return result
+
+
+def run_part_process(argv: list[str], timeout: float | None) -> subprocess.CompletedProcess:
+    """This script on one part in a child process; on timeout the child is killed and returncode is None."""
+    try:
+        return subprocess.run(
+            [sys.executable, __file__, *argv], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as e:  # its output so far comes as bytes (or None)
+        out, err = (x.decode(errors="replace") if x else "" for x in (e.stdout, e.stderr))
+        return subprocess.CompletedProcess(e.cmd, None, out, err)
 
 
 def main(argv=None) -> None:
@@ -323,13 +360,15 @@ def main(argv=None) -> None:
     results["shape"] = args.shape
     for part in args.parts.split(","):
         start = time.time()
-        proc = subprocess.run(
-            [sys.executable, __file__, *argv, "--part", part], capture_output=True, text=True
-        )
+        partial = Path(tempfile.mkdtemp()) / f"{part}.json"
+        proc = run_part_process([*argv, "--part", part, "--partial", str(partial)], args.part_timeout)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
-            print(f"part {part} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
-            results[part] = {"error": proc.stderr[-2000:]}
+            why = "timed out" if proc.returncode is None else f"exit {proc.returncode}"
+            print(f"part {part} failed ({why}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+            results[part] = {"error": f"{why}: {proc.stderr[-2000:]}", "wall_s": time.time() - start}
+            if partial.exists():  # the steps it finished before it stopped
+                results[part]["partial"] = json.loads(partial.read_text())
         else:
             results[part] = json.loads(line.removeprefix("RESULT "))
             results[part]["wall_s"] = time.time() - start
