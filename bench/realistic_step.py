@@ -164,6 +164,11 @@ def step_shape(rollout, micro_batch: int, logprob_micro_batch: int) -> dict:
     }
 
 
+def phase_times(metrics: list[dict]) -> list[dict]:
+    """Each step's `time/<phase>_s` entries."""
+    return [{k: v for k, v in m.items() if k.startswith("time/")} for m in metrics]
+
+
 def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
     from endo_rl.core import config
     from endo_rl.rl.trainer import Trainer
@@ -199,7 +204,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
             {
                 "algo": algo,
                 "step_times_s": [m["step_time_s"] for m in metrics],
-                "phase_times": [{k: v for k, v in m.items() if k.startswith("time/")} for m in metrics],
+                "phase_times": phase_times(metrics),
                 "per_step": shapes,
                 "compiles_per_step": compiles,
             },
@@ -223,7 +228,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
         **out,
         "bare_last_step": bare,
         "per_step": shapes[args.warmup :],
-        "phase_times": [{k: v for k, v in m.items() if k.startswith("time/")} for m in steady],
+        "phase_times": phase_times(steady),
         "compiles_per_step": compiles,
         "compiles_after_warmup": compiles[-1] - compiles[args.warmup - 1],
     }
