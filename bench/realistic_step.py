@@ -196,6 +196,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
 
     trainer.collect = recording_collect
     metrics, compiles = [], []
+    before = compile_count()  # the baseline of a run with no warm-up step
     for _ in range(steps):
         metrics.append(trainer.train_step())
         compiles.append(compile_count())
@@ -230,7 +231,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
         "per_step": shapes[args.warmup :],
         "phase_times": phase_times(steady),
         "compiles_per_step": compiles,
-        "compiles_after_warmup": compiles[-1] - compiles[args.warmup - 1],
+        "compiles_after_warmup": compiles[-1] - (compiles[args.warmup - 1] if args.warmup else before),
     }
 
 
