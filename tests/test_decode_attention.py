@@ -1,4 +1,4 @@
-"""GQA decode attention against a float64 brute-force loop and against SDPA (math backend) on CPU."""
+"""GQA and flex decode attention against a float64 brute-force loop and against SDPA (math backend) on CPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from endo_rl.generation.decode_attention import bmm_float32, gqa_decode_attention
+from endo_rl.generation.decode_attention import (
+    bmm_float32,
+    decode_attention,
+    flex_decode_attention,
+    gqa_decode_attention,
+    window_block_mask,
+)
 
 
 def brute_force_BH1d(q, k, v, valid, scale):
@@ -100,3 +106,55 @@ def test_rejects_heads_not_a_multiple_of_kv_heads():
     q, k, v, valid = inputs(1, 4, 2, 3, 8, torch.float32)
     with pytest.raises(ValueError, match="multiple of 3"):
         gqa_decode_attention(q[:, :4], k[:, :1].expand(1, 3, 3, 8), v[:, :1].expand(1, 3, 3, 8), valid, 1.0)
+
+
+@pytest.mark.parametrize("width", [9, 128, 300])  # 300: three key blocks, the last one partly past the window
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2), (14, 2)])  # G = 1, 2, 7
+def test_flex_matches_float64_brute_force(heads, kv_heads, width):
+    q, k, v, valid = inputs(3, heads, kv_heads, width, 8, torch.float64, seed=width)
+    got = flex_decode_attention(q, k, v, valid, 8**-0.5)
+    assert got.shape == (3, heads, 1, 8) and got.dtype == torch.float64
+    torch.testing.assert_close(got, brute_force_BH1d(q, k, v, valid, 8**-0.5), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_flex_matches_sdpa_and_gqa(dtype, tol):
+    q, k, v, valid = inputs(4, 28, 4, 200, 16, dtype, seed=5)
+    dims = (28, 4, 16)
+    flex = decode_attention(q, k, v, valid, dims, "flex")
+    assert flex.dtype == dtype
+    for other in ("sdpa", "gqa"):
+        want = decode_attention(q, k, v, valid, dims, other)
+        torch.testing.assert_close(flex.double(), want.double(), rtol=tol, atol=tol)
+
+
+def test_flex_block_mask_is_all_partial_blocks_and_cached():
+    """Every key block is listed and none is full, so flex applies the mask_mod to all of them; the same
+    tensor gets the same BlockMask back."""
+    valid = torch.ones(2, 300, dtype=torch.bool)
+    mask = window_block_mask(valid, 3)
+    assert mask.full_kv_num_blocks is None
+    assert mask.kv_num_blocks.flatten().tolist() == [3, 3]
+    assert mask.kv_indices.flatten().tolist() == [0, 1, 2] * 2
+    assert mask.shape == (2, 1, 3, 300)
+    assert window_block_mask(valid, 3) is mask
+    assert window_block_mask(valid[:, :128], 3) is not mask  # another window, another mask
+
+
+def test_flex_follows_in_place_updates_of_key_valid():
+    """As in the decoder: one key_valid buffer, windows taken as fresh views of it, updated in place between
+    calls. The cached BlockMask reads the buffer as it is now, not as it was when the mask was made."""
+    q, k, v, valid = inputs(3, 4, 2, 20, 8, torch.float64, seed=7)
+    buffer_BS = torch.zeros(3, 32, dtype=torch.bool)
+    buffer_BS[:, :20] = valid
+    buffer_BS[:, 19] = False  # the slot the next step writes
+    first = flex_decode_attention(q, k, v, buffer_BS[:, :20], 0.3)
+    mask = window_block_mask(buffer_BS[:, :20], 2)
+    buffer_BS.index_fill_(1, torch.tensor([19]), True)  # the decoder writes the new slot
+    buffer_BS[1, :15] = False  # and a row's visible keys change
+    second = flex_decode_attention(q, k, v, buffer_BS[:, :20], 0.3)
+    assert window_block_mask(buffer_BS[:, :20], 2) is mask
+    torch.testing.assert_close(
+        second, brute_force_BH1d(q, k, v, buffer_BS[:, :20], 0.3), rtol=1e-10, atol=1e-10
+    )
+    assert not torch.allclose(first, second)

@@ -1,4 +1,5 @@
-"""Attention of one new token per row over a static KV cache: PyTorch's SDPA (default) or a GQA matrix product.
+"""Attention of one new token per row over a static KV cache: PyTorch's SDPA (default), a GQA matrix product or
+FlexAttention.
 
 "sdpa": `F.scaled_dot_product_attention` with a boolean mask and `enable_gqa=True`. "gqa": the G = H / K query
 heads that share a KV head are the rows of one matrix product, so K and V are read once, in place (the cache
@@ -12,6 +13,14 @@ backend and repeats K/V per query head. Measured on one H200 (7B shape, batch 64
 section 1): SDPA is the faster of the two, 0.117 vs 0.152 ms for one call at 1,024 slots and 6.37 vs 7.09 ms
 per whole decode step, so SDPA is the default and "gqa" stays selectable for other devices and shapes.
 
+"flex": `torch.nn.attention.flex_attention` with no dense mask: a BlockMask that lists every key block of the
+window as partial, whose mask_mod reads `key_valid_BS[b, kv_idx]` from the decoder's buffer at run time (so
+in-place updates and CUDA-graph replays see the current mask; no block is skipped on a stale snapshot). The G
+query heads of a KV head go in as G query rows of that head, so q_len = G < 128 and torch's inductor can lower
+it to its split-KV flex-decoding Triton kernel, which reads each KV head once (see `flex_decode_attention`). On
+CUDA it runs through one `torch.compile(flex_attention)` per process; elsewhere (CPU tests) flex runs eagerly,
+which materializes the scores. Written as the next step of BENCHMARKS.md section 1; not yet measured on a GPU.
+
 Shape legend: B batch, H query heads, K KV heads, G = H / K, S window (cache slots), d head dim.
 """
 
@@ -19,10 +28,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-ATTENTION = ("gqa", "sdpa")
+ATTENTION = ("flex", "gqa", "sdpa")
 """The decode step's attentions: "sdpa" (PyTorch's SDPA with a boolean mask and enable_gqa, the default: the
-faster on an H200) or "gqa" (`gqa_decode_attention`)."""
+faster of "sdpa" and "gqa" on an H200), "gqa" (`gqa_decode_attention`) or "flex" (`flex_decode_attention`)."""
+FLEX_BLOCK = 128
+"""FlexAttention's sparse block size (keys per block) for the window's BlockMask."""
+_FLEX_MASKS: dict[tuple, BlockMask] = {}
+"""Per key_valid tensor (device, address, shape, strides): its window's BlockMask (see `window_block_mask`)."""
+_COMPILED_FLEX: list = []
+"""torch.compile(flex_attention), made on first use on CUDA and shared by every caller in the process."""
 _OUT_DTYPE_OK: dict[str, bool] = {}
 """Per device type: whether `torch.bmm(..., out_dtype=torch.float32)` ran for half-precision inputs."""
 
@@ -73,11 +89,92 @@ def gqa_decode_attention(
     return torch.bmm(probs_ZGS, v_ZSd).view(B, H, 1, d)
 
 
+def window_block_mask(key_valid_BS: torch.Tensor, q_len: int) -> BlockMask:
+    """A BlockMask of `q_len` query rows over all S keys of the window in which every block is partial, its
+    mask_mod reading `key_valid_BS[b, kv_idx]` (every query row sees the same keys); made once per (tensor
+    device, address, shape, strides, q_len) and cached.
+
+    No block is marked full or left out, so no block is skipped or left unmasked on the strength of what
+    `key_valid_BS` held when the mask was made: every block's mask_mod reads the tensor as it is at call time,
+    and the decoder's in-place updates (and a CUDA graph's replays) see the same tensors. The cache holds a
+    reference to `key_valid_BS`, so a cached address cannot be reused by another tensor; its entries are small
+    (B x ceil(S / 128) int32 per window) and live as long as the process.
+    """
+    B, S = key_valid_BS.shape
+    key = (
+        key_valid_BS.device,
+        key_valid_BS.data_ptr(),
+        key_valid_BS.dtype,
+        (B, S),
+        key_valid_BS.stride(),
+        q_len,
+    )
+    if key not in _FLEX_MASKS:
+        n_blocks = -(-S // FLEX_BLOCK)  # the last block may be shorter: flex masks keys past S
+        device = key_valid_BS.device
+        kv_num_blocks_B11 = torch.full((B, 1, 1), n_blocks, dtype=torch.int32, device=device)
+        kv_indices_B11N = torch.arange(n_blocks, dtype=torch.int32, device=device).expand(B, 1, 1, -1)
+
+        def visible(b, h, q_idx, kv_idx):
+            return key_valid_BS[b, kv_idx]
+
+        _FLEX_MASKS[key] = BlockMask.from_kv_blocks(
+            kv_num_blocks_B11,
+            kv_indices_B11N.contiguous(),
+            BLOCK_SIZE=FLEX_BLOCK,
+            mask_mod=visible,
+            seq_lengths=(q_len, S),
+        )
+    return _FLEX_MASKS[key]
+
+
+def _flex_fn(device: torch.device):
+    """Eager flex_attention off CUDA (tests); on CUDA one torch.compile(flex_attention) per process: uncompiled
+    it materializes the whole score matrix."""
+    if device.type != "cuda":
+        return flex_attention
+    if not _COMPILED_FLEX:
+        _COMPILED_FLEX.append(torch.compile(flex_attention))
+    return _COMPILED_FLEX[0]
+
+
+def flex_decode_attention(
+    q_BH1d: torch.Tensor,
+    k_BKSd: torch.Tensor,
+    v_BKSd: torch.Tensor,
+    key_valid_BS: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """`gqa_decode_attention` through FlexAttention: [B, H, 1, d], query head h reading KV head h // G.
+
+    The G query heads of a KV head are passed as G query rows of that head ([B, K, G, d], no enable_gqa): the
+    same grouping flex's decoding kernel makes for GQA, but torch's inductor takes that kernel with
+    enable_gqa only when G is a power of two (`_use_flex_decoding`), and the 7B shape has G = 7. The batch is
+    marked static: the decoding kernel also needs a static batch (a second batch size would otherwise make it
+    symbolic). A row that sees no key comes out NaN in eager flex.
+    """
+    B, H, _, d = q_BH1d.shape
+    K = k_BKSd.shape[1]
+    G = H // K
+    if G * K != H or q_BH1d.shape[2] != 1:
+        raise ValueError(f"query {tuple(q_BH1d.shape)} is not one token with a multiple of {K} heads")
+    q_BKGd = q_BH1d.reshape(B, K, G, d)
+    block_mask = window_block_mask(key_valid_BS, G)
+    flex = _flex_fn(q_BH1d.device)
+    if flex is not flex_attention:
+        for t in (q_BKGd, k_BKSd, v_BKSd):
+            torch._dynamo.mark_static(t, 0)
+    out_BKGd = flex(q_BKGd, k_BKSd, v_BKSd, block_mask=block_mask, scale=scale)
+    return out_BKGd.reshape(B, H, 1, d)
+
+
 def decode_attention(q_BH1d, k_BKSd, v_BKSd, key_valid_BS, dims, attention: str = "sdpa") -> torch.Tensor:
     """The decode step's attention over the window, [B, H, 1, d]; `dims` = (heads, KV heads, head dim)."""
     n_heads, n_kv, head_dim = dims
     if attention == "gqa":
         return gqa_decode_attention(q_BH1d, k_BKSd, v_BKSd, key_valid_BS, head_dim**-0.5)
+    if attention == "flex":
+        return flex_decode_attention(q_BH1d, k_BKSd, v_BKSd, key_valid_BS, head_dim**-0.5)
     return F.scaled_dot_product_attention(
         q_BH1d,
         k_BKSd,

@@ -130,7 +130,7 @@ def decode_layer(
 
     `fns` = (pre_attention, post_attention), compiled or not: torch.compile fuses their elementwise work
     (norms, rotary, SiLU) so a CUDA-graph replay launches a few kernels per layer instead of ~40. The cache
-    write (in place, one slot) and the attention over the window (`decode_attention`: "sdpa" or "gqa") stay
+    write (in place, one slot) and the attention over the window (`decode_attention`: "sdpa", "gqa" or "flex") stay
     outside the compiled code.
     """
     pre, post = fns
@@ -173,7 +173,7 @@ class StaticDecoder:
     `compile`: False (eager), True (inductor on CUDA, eager elsewhere) or a torch.compile backend.
     `lora`: the merged LoRA weights (see the module docstring) shared with other decoders of the same model; its
     owner refreshes it. By default the decoder owns one and refreshes it in `sync_weights`.
-    `attention`: the decode step's attention, "sdpa" (default) or "gqa" (see `decode_layer`).
+    `attention`: the decode step's attention, "sdpa" (default), "gqa" or "flex" (see `decode_attention`).
     """
 
     def __init__(
