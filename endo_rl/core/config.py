@@ -124,6 +124,8 @@ class GenerationConfig(SamplingConfig):
     backend: Literal["auto", "hf", "static"] = "auto"
     """hf: transformers' generate; static: static KV cache + CUDA graphs (Llama/Qwen2-style models);
     auto: static on CUDA when the model supports it, else hf."""
+    decode_attention: Literal["sdpa", "gqa", "flex"] = "sdpa"
+    """The static backend's decode-step attention: sdpa | gqa | flex (endo_rl/generation/decode_attention.py)."""
 
 
 @dataclass
@@ -390,10 +392,8 @@ def world_size_from_env() -> int:
 def load(
     path: str | Path | None = None, overrides: list[str] = (), world_size: int | None = None
 ) -> ExperimentConfig:
-    """A recipe (optional) plus `key.sub=value` overrides -> a validated ExperimentConfig.
-
-    `world_size` (default: from the environment) is used to check the batch-size arithmetic.
-    """
+    """A recipe (optional) plus `key.sub=value` overrides -> a validated ExperimentConfig; `world_size`
+    (default: from the environment) is used to check the batch-size arithmetic."""
     cfg = config_loader.load(ExperimentConfig, path, overrides, MOVED_KEYS)
     check_values(cfg)
     check_batch_sizes(cfg, world_size_from_env() if world_size is None else world_size)

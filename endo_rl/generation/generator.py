@@ -115,6 +115,8 @@ class StaticDecoderGenerator:
             raise ValueError(
                 f"generation backend 'static' does not support model type {model.config.model_type!r}"
             )
+        if attention not in static_decode.ATTENTION:
+            raise ValueError(f"decode attention must be one of {static_decode.ATTENTION}, got {attention!r}")
         self.model, self.batch_size = model, batch_size
         self.prompt_bucket, self.length_bucket, self.window = prompt_bucket, length_bucket, window
         self.use_cuda_graph, self.compile, self.attention = use_cuda_graph, compile, attention
@@ -184,10 +186,13 @@ def resolve_backend(model: torch.nn.Module, backend: str) -> str:
     return backend
 
 
-def make_generator(model: torch.nn.Module, backend: str = "auto", batch_size: int = 16) -> Generator:
-    """The engine for `backend` ('auto', 'static' or 'hf'; see `resolve_backend`)."""
+def make_generator(
+    model: torch.nn.Module, backend: str = "auto", batch_size: int = 16, decode_attention: str = "sdpa"
+) -> Generator:
+    """The engine for `backend` ('auto', 'static' or 'hf'; see `resolve_backend`); `decode_attention` is the
+    static backend's (one of `decode_attention.ATTENTION`)."""
     if resolve_backend(model, backend) == "static":
-        return StaticDecoderGenerator(model, batch_size)
+        return StaticDecoderGenerator(model, batch_size, attention=decode_attention)
     return HFGenerator(model, batch_size)
 
 

@@ -5,8 +5,9 @@ On resume every differing key is either
 
 - applied and printed: keys that change how the rest of the run proceeds but not what the checkpoint means
   (learning rates, weight decay, warm-up, clipping, step counts, checkpointing, logging, evaluation, generation
-  batching/back-end, micro-batching, `deterministic`: the kernels' reproducibility, not the algorithm). A new
-  learning rate is written into the restored optimizer, which would otherwise bring back the old one;
+  batching/back-end/decode attention, micro-batching, `deterministic`: the kernels' reproducibility, not the
+  algorithm). A new learning rate is written into the restored optimizer, which would otherwise bring back the
+  old one;
 - or refused, naming each key with its old and new value: everything else (model, LoRA, reward, data, algorithm,
   sampling, seed, prompts per step), since continuing would silently mix two different runs (a new model.path
   swaps only the frozen reference; ppo -> grpo has no value head to restore).
@@ -41,6 +42,7 @@ APPLIED_PREFIXES = (
     "train.logprob_micro_batch_size",
     "generation.batch_size",
     "generation.backend",
+    "generation.decode_attention",
     "model.gradient_checkpointing",
 )
 
