@@ -176,19 +176,26 @@ def test_lora_trains_the_adapter_and_references_the_base(tiny_model_dir, tmp_pat
 
 def test_lora_policy_generates_with_the_static_decoder(tiny_model_dir, tmp_path):
     """generation.backend=static with LoRA (forced: on CPU 'auto' picks HF): the trainer's generator decodes
-    the adapter's current weights, which the optimizer moved."""
+    the adapter's current weights, which the optimizer moved. Its decode attention is the configured one."""
     from endo_rl.generation.generator import StaticDecoderGenerator
     from endo_rl.rl.trainer import Trainer
 
     lora = ["lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj, v_proj, down_proj]"]
     trainer = Trainer(
         tiny_cfg(
-            tiny_model_dir, tmp_path, *lora, "generation.backend=static", "train.max_steps=1", "train.lr=0.05"
+            tiny_model_dir,
+            tmp_path,
+            *lora,
+            "generation.backend=static",
+            "generation.decode_attention=flex",
+            "train.max_steps=1",
+            "train.lr=0.05",
         )
     )
     trainer.fit()
     generator, lm = trainer.generator, trainer.accelerator.unwrap_model(trainer.model).lm
     assert isinstance(generator, StaticDecoderGenerator)
+    assert generator.decoders and all(d.attention == "flex" for d in generator.decoders.values())
     generator.sync_weights(lm)
     layers = lm.get_decoder().layers
     wrapped = ["down_proj", "q_proj", "v_proj"]
