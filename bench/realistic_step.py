@@ -98,8 +98,25 @@ def decode_ms_per_step(args, model, prompts, attention: str) -> float:
     return 1e3 * (full - first) / (n - 1)
 
 
+def graph_replay(fn):
+    """`fn` captured as a CUDA graph (after warm-up on a side stream, which compiles what it compiles); returns
+    the graph's replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def attention_ms(model, attention: str, device: str, slots: int = 1024, batch: int = 64) -> float:
-    """One decode attention call alone (one layer, `slots` cache slots, 1/8 of them left padding), in ms."""
+    """One decode attention call alone (one layer, `slots` cache slots, 1/8 of them left padding), in ms. On CUDA
+    the call is replayed from a CUDA graph, as the decoder runs it: the host work of a call (for "flex" the
+    compiled function's guard checks) is not counted, only the kernels and one graph launch."""
     from endo_rl.generation.decode_attention import decode_attention
 
     cfg = model.config
@@ -109,13 +126,17 @@ def attention_ms(model, attention: str, device: str, slots: int = 1024, batch: i
     k, v = (torch.randn(batch, dims[1], slots, dims[2], device=device, dtype=dtype) for _ in range(2))
     valid = torch.ones(batch, slots, dtype=torch.bool, device=device)
     valid[:, : slots // 8] = False
-    times = base.timed(lambda: decode_attention(q, k, v, valid, dims, attention), device, repeat=50, warmup=5)
+
+    def call():
+        return decode_attention(q, k, v, valid, dims, attention)
+
+    times = base.timed(graph_replay(call) if device == "cuda" else call, device, repeat=50, warmup=5)
     return 1e3 * statistics.median(times)
 
 
 def part_decode(args, model, tokenizer) -> dict:
     """Per decode step at batch 64, our generator kept warm, for each attention of `--decode-attention`
-    (comma-separated "gqa" / "sdpa") in turn on the same prompts, each with its own generator (freed before
+    (comma-separated "sdpa" / "gqa" / "flex") in turn on the same prompts, each with its own generator (freed before
     the next). `ms_per_step` is the first attention's; `by_attention` holds each."""
     from endo_rl.generation import decode_attention
 
@@ -133,7 +154,7 @@ def part_decode(args, model, tokenizer) -> dict:
         "ms_per_step": by_attention[first],
         "attention": first,
         "by_attention": by_attention,
-        "attention_alone_ms": alone,  # one call, one layer, batch 64, 1024 slots
+        "attention_alone_ms": alone,  # one call, one layer, batch 64, 1024 slots (CUDA: graph replay)
         "bmm_out_dtype_used": dict(decode_attention._OUT_DTYPE_OK),  # False: the float32 scores fell back
     }
 
