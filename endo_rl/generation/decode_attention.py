@@ -151,7 +151,10 @@ def flex_decode_attention(
     same grouping flex's decoding kernel makes for GQA, but torch's inductor takes that kernel with
     enable_gqa only when G is a power of two (`_use_flex_decoding`), and the 7B shape has G = 7. The batch is
     marked static: the decoding kernel also needs a static batch (a second batch size would otherwise make it
-    symbolic). A row that sees no key comes out NaN in eager flex.
+    symbolic). So the compiled function compiles per batch size, at most three times (the first window; then
+    the window length symbolic; then the cache strides, for a decoder with another cache length; counted on a
+    CPU with a counting backend): dynamo's recompile limit (8) covers two batch sizes. A row that sees no key
+    comes out NaN in eager flex.
     """
     B, H, _, d = q_BH1d.shape
     K = k_BKSd.shape[1]
