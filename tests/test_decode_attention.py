@@ -158,3 +158,31 @@ def test_flex_follows_in_place_updates_of_key_valid():
         second, brute_force_BH1d(q, k, v, buffer_BS[:, :20], 0.3), rtol=1e-10, atol=1e-10
     )
     assert not torch.allclose(first, second)
+
+
+def test_compiled_flex_compiles_at_most_three_times_per_batch_size(monkeypatch):
+    """As on CUDA (batch marked static), with a counting backend: windows of growing length and decoders of
+    other cache lengths (other strides) add at most two compilations to a batch size's first."""
+    from torch._dynamo.testing import CompileCounter
+
+    from endo_rl.generation import decode_attention as module
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(module.flex_attention, backend=counter)
+    monkeypatch.setattr(module, "_flex_fn", lambda device: compiled)
+    counts = []
+    for B, max_len in [(4, 384), (4, 512), (4, 640), (2, 384), (2, 640), (3, 128)]:
+        valid_BS = torch.ones(B, max_len, dtype=torch.bool)
+        cache = torch.randn(B, 2, max_len, 16)
+        for width in range(128, max_len + 1, 128):
+            q = torch.randn(B, 14, 1, 16)
+            window = cache[:, :, :width]
+            got = flex_decode_attention(q, window, window, valid_BS[:, :width], 0.25)
+            torch.testing.assert_close(
+                got, gqa_decode_attention(q, window, window, valid_BS[:, :width], 0.25)
+            )
+        counts.append(counter.frame_count)
+    assert counts[2] <= 3 and counts[4] - counts[2] <= 3, counts
+    # a third batch size compiles too: the batch stays static (as flex decoding needs), never symbolic
+    assert counts[5] > counts[4], counts
