@@ -36,7 +36,7 @@ faster of "sdpa" and "gqa" on an H200), "gqa" (`gqa_decode_attention`) or "flex"
 FLEX_BLOCK = 128
 """FlexAttention's sparse block size (keys per block) for the window's BlockMask."""
 _FLEX_MASKS: dict[tuple, BlockMask] = {}
-"""Per key_valid tensor (device, address, shape, strides): its window's BlockMask (see `window_block_mask`)."""
+"""Per key_valid tensor (device, address, shape, strides) and query rows: its BlockMask (`window_block_mask`)."""
 _COMPILED_FLEX: list = []
 """torch.compile(flex_attention), made on first use on CUDA and shared by every caller in the process."""
 _OUT_DTYPE_OK: dict[str, bool] = {}
