@@ -8,12 +8,14 @@
 #          then started again with resume=true; its step-N checkpoint is compared with A's (bench/compare_runs.py)
 # Schedule on two GPUs: GPU $GPU_A runs the full evaluation first (five benchmarks, every problem, 1024 new
 # tokens, greedy, no hook: full-length responses; alone on its GPU), then PPO A and B side by side; GPU $GPU_B
-# runs GRPO A and B side by side. On one GPU (GPU_A=GPU_B=0) everything shares it.
+# runs GRPO A and B side by side. On one GPU (GPU_A=GPU_B=0) everything shares it. SPLIT=1: each recipe's run A
+# on GPU $GPU_A and run B on GPU $GPU_B (with ALGOS=ppo, say: one 7B run per GPU, none sharing).
 # The recipes are used as shipped except the overrides in $COMMON (stated in BENCHMARKS.md with the numbers).
 #   bash bench/recipes_gpu.sh OUT_DIR MODEL_DIR
 # env: N, K, GRPO_PROMPTS, PPO_PROMPTS, EXTRA (more overrides), SKIP_EVAL / SKIP_TRAIN (one part only),
 #      GPU_A / GPU_B (0 and 0 on a one-GPU machine), KILL_DELAY (s into step K+1), CPU_TEST (plain python),
-#      ALGOS (default "grpo ppo": which recipes to train; on one GPU, one at a time keeps two 7B runs per GPU)
+#      ALGOS (default "grpo ppo": which recipes to train; on one GPU, one at a time keeps two 7B runs per GPU),
+#      SPLIT (runs A on GPU_A, runs B on GPU_B)
 # Each rollout batch gives the recipes' 4 optimizer steps: GRPO_PROMPTS must be a multiple of 2 and PPO_PROMPTS of 8
 # (mini-batches of a whole number of the recipes' micro-batches, 4 and 2 sequences).
 set -u
@@ -75,8 +77,10 @@ PPO="recipes/qwen2.5-math-7b-ppo.yaml train.prompts_per_step=$PP train.mini_batc
 ALGOS=${ALGOS:-grpo ppo}
 has() { case " $ALGOS " in *" $1 "*) return 0 ;; esac; return 1; }
 JOBS=()
+A_GRPO=$GPU_B A_PPO=$GPU_A
+[ -n "${SPLIT:-}" ] && A_GRPO=$GPU_A A_PPO=$GPU_A GPU_B_PPO=$GPU_B
 if [ -z "${SKIP_TRAIN:-}" ] && has grpo; then
-  run_a "$GPU_B" grpo $GRPO & JOBS+=($!)
+  run_a "$A_GRPO" grpo $GRPO & JOBS+=($!)
   run_b "$GPU_B" grpo $GRPO & JOBS+=($!)
 fi
 (
@@ -89,8 +93,8 @@ fi
     stamp "eval exit $?"
   fi
   if [ -z "${SKIP_TRAIN:-}" ] && has ppo; then
-    run_a "$GPU_A" ppo $PPO &
-    run_b "$GPU_A" ppo $PPO &
+    run_a "$A_PPO" ppo $PPO &
+    run_b "${GPU_B_PPO:-$GPU_A}" ppo $PPO &
     wait
   fi
 ) & JOBS+=($!)

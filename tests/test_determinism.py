@@ -32,6 +32,7 @@ def flags() -> dict:
         "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "fill_uninitialized": torch.utils.deterministic.fill_uninitialized_memory,
     }
 
 
@@ -43,11 +44,13 @@ def global_state(monkeypatch):
     inductor_config.deterministic = False
     torch.use_deterministic_algorithms(False)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, False
+    torch.utils.deterministic.fill_uninitialized_memory = True  # torch's default
     yield
     inductor_config.deterministic = saved["inductor"]
     torch.use_deterministic_algorithms(saved["algorithms"], warn_only=saved["warn_only"])
     torch.backends.cudnn.deterministic = saved["cudnn_deterministic"]
     torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
+    torch.utils.deterministic.fill_uninitialized_memory = saved["fill_uninitialized"]
 
 
 ON = {
@@ -57,8 +60,9 @@ ON = {
     "warn_only": False,  # strict: with warn_only the attention backwards stay nondeterministic
     "cudnn_deterministic": True,
     "cudnn_benchmark": False,
+    "fill_uninitialized": False,  # no NaN-fill of every new tensor: nothing reads uninitialized memory
 }
-OFF = {k: None if k == "cublas" else False for k in ON}
+OFF = {**{k: None if k == "cublas" else False for k in ON}, "fill_uninitialized": True}
 
 
 def test_make_deterministic_sets_every_flag(global_state):
