@@ -61,12 +61,20 @@ def _without_checkpoint_defaults(model: torch.nn.Module, config: GenerationConfi
             m.generation_config = original
 
 
+def _eager() -> contextlib.AbstractContextManager:
+    """Run torch.compile'd code eagerly: decoder layers compiled for the training passes
+    (`model.compile_layers`) would recompile on each layer's KV-cache state inside `generate`."""
+    if not hasattr(torch.compiler, "set_stance"):  # torch < 2.6 has no stance; nothing to switch off
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")
+
+
 def hf_rows(model, prompts, sampling: SamplingConfig, stop_ids, pad_id: int) -> list[list[int]]:
     """HF generate on one left-padded micro-batch; the generated columns of each row."""
     config = hf_generation_config(sampling, stop_ids, pad_id)
     device = next(model.parameters()).device
     input_ids, attention_mask = left_pad(prompts, pad_id)
-    with _without_checkpoint_defaults(model, copy.deepcopy(config)):
+    with _without_checkpoint_defaults(model, copy.deepcopy(config)), _eager():
         sequences = model.generate(
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
         )
