@@ -27,6 +27,9 @@ class ModelConfig:
     """auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    compile_layers: bool = False
+    """torch.compile each decoder layer of the policy, reference and reward models (dynamic shapes; inductor),
+    to fuse the norm, rotary and SiLU elementwise work of the training passes. Not with DeepSpeed ZeRO-3."""
 
 
 @dataclass

@@ -172,3 +172,27 @@ def check_device(device: str, flag: str) -> str:
 def default_device() -> str:
     """$ENDO_RL_DEVICE if set, else CUDA when present, else CPU."""
     return os.environ.get("ENDO_RL_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+COMPILE_BACKEND = "inductor"
+"""The torch.compile backend of `compile_layers`. Tests set "aot_eager" (dynamo and autograd tracing, no C++
+code generation), which is enough to check the compiled layers' outputs and gradients on a CPU."""
+
+
+def compile_layers(lm: torch.nn.Module) -> int:
+    """Compile each decoder layer of `lm` in place (`model.compile_layers`); returns how many were compiled.
+
+    `nn.Module.compile` keeps the module tree as it is: parameter and state_dict names, LoRA-wrapped
+    submodules, the gradient-checkpointing wrapper of each layer, and the weights the static decoder reads
+    (`layer.self_attn.q_proj.weight`, ...) are unchanged; only the layer's call runs through torch.compile.
+    Shapes are dynamic from the first call, so micro-batches of other (batch, length) reuse the same graphs.
+    """
+    layers = getattr(lm.get_decoder(), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        raise UserError(
+            f"model.compile_layers=true needs a decoder whose layers are `.layers` (Llama/Qwen2-style); "
+            f"{type(lm).__name__}'s decoder {type(lm.get_decoder()).__name__} has none"
+        )
+    for layer in layers:
+        layer.compile(backend=COMPILE_BACKEND, dynamic=True)
+    return len(layers)

@@ -44,6 +44,7 @@ APPLIED_PREFIXES = (
     "generation.backend",
     "generation.decode_attention",
     "model.gradient_checkpointing",
+    "model.compile_layers",
 )
 
 

@@ -2,7 +2,8 @@
 
 Reference choice: with LoRA the reference is the base model itself, run with the adapter disabled (no second
 copy); without LoRA it is a frozen copy of the initial policy. `reward.endogenous.model` adds a separate
-frozen reward model (the KL reference stays the initial policy).
+frozen reward model (the KL reference stays the initial policy). `model.compile_layers` compiles the decoder
+layers of all three in place, after LoRA and gradient checkpointing are applied.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from endo_rl.core import models
 from endo_rl.core.config import ExperimentConfig
+from endo_rl.core.errors import UserError
 from endo_rl.rl import distributed
 from endo_rl.rl.policy import PolicyModel
 from endo_rl.rl.rewards import RewardWeights
@@ -60,8 +62,22 @@ def build_models(
         lm.gradient_checkpointing_enable()
         if cfg.lora.enabled:  # frozen embeddings: the checkpointed blocks need an input that requires grad
             lm.enable_input_require_grads()
+    if cfg.model.compile_layers:  # after LoRA and checkpointing, so the compiled calls include them
+        for model in (lm, reference_lm, reward_lm):
+            if model is not None:
+                models.compile_layers(model)
     policy = PolicyModel(lm, value_head=critic)
     return Models(policy, reference_lm, reward_lm, base_copy)
+
+
+def check_compile_layers(cfg: ExperimentConfig, zero_stage: int) -> None:
+    """`model.compile_layers` is refused under ZeRO-3: its hooks gather each layer's sharded parameters
+    around the layer's call, which compiled layers would trace into their graphs."""
+    if cfg.model.compile_layers and zero_stage == 3:
+        raise UserError(
+            "model.compile_layers=true is not supported with DeepSpeed ZeRO-3 (parameters are gathered by "
+            "hooks around each layer): set model.compile_layers=false or use ZeRO-2 / DDP"
+        )
 
 
 def reward_weights(cfg: ExperimentConfig) -> RewardWeights:
