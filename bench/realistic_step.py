@@ -18,6 +18,10 @@ per-step longest response, tokens computed incl. padding, compilations after war
 `--logprob-micro-batch`), `trl` (TRL's GRPOTrainer: same hook, prompts and 64 completions per step; the
 endogenous reward from our batched adapter on a frozen copy). The floor of each step is computed from its own
 token counts.
+
+`--compile-layers` runs `ours` / `ours_ppo` with `model.compile_layers=true` (each decoder layer compiled in
+place; the bare passes timed after the steps then run on the same compiled layers): an A/B is two runs,
+`--parts ours` with and without it.
 """
 
 from __future__ import annotations
@@ -196,7 +200,12 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
 
     steps = args.warmup + args.steps
     overrides = base.trainer_overrides(
-        args, algo, steps, args.prompts, f"train.logprob_micro_batch_size={args.logprob_micro_batch}"
+        args,
+        algo,
+        steps,
+        args.prompts,
+        f"train.logprob_micro_batch_size={args.logprob_micro_batch}",
+        f"model.compile_layers={str(args.compile_layers).lower()}",
     )
     cfg = config.load(None, overrides)
     model.get_output_embeddings().register_forward_hook(
@@ -247,6 +256,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
     bare.update(ours_reference_s=phases["time/reference_s"], ours_update_s=phases["time/update_s"])
     return {
         "algo": algo,
+        "compile_layers": args.compile_layers,
         **out,
         "bare_last_step": bare,
         "per_step": shapes[args.warmup :],
@@ -326,6 +336,12 @@ def parse(argv=None) -> argparse.Namespace:
         type=int,
         default=32,
         help="ours: micro-batch of the no-grad passes (reference, old)",
+    )
+    p.add_argument(
+        "--compile-layers",
+        action="store_true",
+        help="ours: model.compile_layers=true (each decoder layer torch.compiled; the bare passes of the "
+        "same model then run compiled too)",
     )
     p.add_argument("--stop-p", type=float, default=1 / 256)
     p.add_argument(
