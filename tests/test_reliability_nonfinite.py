@@ -110,7 +110,7 @@ def test_nonfinite_parameters_names_each_bad_tensor_in_order_up_to_the_limit():
     from endo_rl.rl.nonfinite import nonfinite_parameters
 
     model = torch.nn.Sequential(*(torch.nn.Linear(3, 3) for _ in range(5))).to(torch.bfloat16)
-    model.append(torch.nn.Linear(3, 0))  # an empty weight is skipped, not an error
+    model.register_parameter("empty", torch.nn.Parameter(torch.empty(0)))  # skipped, not an error
     with torch.no_grad():
         model[0].weight.fill_(3e38)  # huge but finite: not reported
         model[1].bias[2] = float("nan")
