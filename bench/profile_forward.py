@@ -25,7 +25,9 @@ from bare_passes import response_logits  # noqa: E402
 
 CATEGORIES = (  # first match wins; kernel names of cuBLAS/cuBLASLt, CUTLASS, SDPA's backends, Triton
     ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "matmul", "addmm", "aten::mm", "aten::bmm")),
-    ("attention", ("fmha", "flash", "attention", "efficient", "softmax")),
+    ("attention", ("fmha", "flash", "attention", "efficient")),
+    ("softmax", ("softmax",)),  # the LM head's log-softmax over the vocabulary, SDPA's math fallback
+    ("copy", ("memcpy", "memset")),
 )
 
 

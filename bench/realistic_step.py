@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpo_step as base  # noqa: E402  (shapes, model building, timing)
 from bare_passes import bare_passes  # noqa: E402
+from profile_step import profile_phases  # noqa: E402
 from realistic_table import analyse, table  # noqa: E402
 from stop_hook import stop_logit_hook  # noqa: E402
 
@@ -199,10 +200,11 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
     from endo_rl.rl.trainer import Trainer
 
     steps = args.warmup + args.steps
+    profiled = 1 if args.profile else 0  # one more step, under the profiler, after the measured ones
     overrides = base.trainer_overrides(
         args,
         algo,
-        steps,
+        steps + profiled,
         args.prompts,
         f"train.logprob_micro_batch_size={args.logprob_micro_batch}",
         f"model.compile_layers={str(args.compile_layers).lower()}",
@@ -211,7 +213,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
     model.get_output_embeddings().register_forward_hook(
         stop_logit_hook(args.stop_p, [tokenizer.eos_token_id])
     )
-    prompts = load_math_prompts(args, tokenizer, args.prompts * steps)
+    prompts = load_math_prompts(args, tokenizer, args.prompts * (steps + profiled))
     trainer = Trainer(cfg, lm=model, tokenizer=tokenizer, prompts=prompts)
     shapes: list[dict] = []
     collect = trainer.collect
@@ -254,7 +256,13 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
         args.micro_batch,
     )
     bare.update(ours_reference_s=phases["time/reference_s"], ours_update_s=phases["time/update_s"])
+    extra = {"profile_extra_step": profile_phases(trainer.train_step, args.device)} if profiled else {}
+    if (
+        args.device == "cuda"
+    ):  # cudaMalloc retries: the caching allocator freeing and re-allocating under pressure
+        extra["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries")
     return {
+        **extra,
         "algo": algo,
         "compile_layers": args.compile_layers,
         **out,
@@ -352,6 +360,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--trl-steps", type=int, default=None, help="TRL's measured steps (default --steps)")
     p.add_argument("--trl-warmup", type=int, default=None, help="TRL's warm-up steps (default --warmup)")
     p.add_argument("--ppo-steps", type=int, default=None, help="our PPO's measured steps (default --steps)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="ours: one more step under torch.profiler, kernel time by phase and category (profile_step.py)",
+    )
     p.add_argument("--out", default=None)
     p.add_argument(
         "--part-timeout",

@@ -104,3 +104,21 @@ def test_skip_mode_counts_a_bad_gradient_step_and_leaves_the_weights_of_that_ste
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     assert not all(torch.equal(w2[k], w3[k]) for k in w2)
     assert all(torch.isfinite(v).all() for v in w3.values())
+
+
+def test_nonfinite_parameters_names_each_bad_tensor_in_order_up_to_the_limit():
+    from endo_rl.rl.nonfinite import nonfinite_parameters
+
+    model = torch.nn.Sequential(*(torch.nn.Linear(3, 3) for _ in range(5))).to(torch.bfloat16)
+    model.register_parameter("empty", torch.nn.Parameter(torch.empty(0)))  # skipped, not an error
+    with torch.no_grad():
+        model[0].weight.fill_(3e38)  # huge but finite: not reported
+        model[1].bias[2] = float("nan")
+        model[3].weight[0, 1] = float("-inf")
+        model[4].weight[2, 2] = float("inf")
+    assert nonfinite_parameters(model) == ["1.bias", "3.weight", "4.weight"]
+    assert nonfinite_parameters(model, limit=1) == ["1.bias"]
+    with torch.no_grad():
+        for i in (1, 3, 4):
+            model[i].reset_parameters()
+    assert nonfinite_parameters(model) == []

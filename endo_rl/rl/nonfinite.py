@@ -53,12 +53,18 @@ class NonFiniteGuard:
 
 
 def nonfinite_parameters(model: torch.nn.Module, limit: int = 3) -> list[str]:
-    """Names of (up to `limit`) parameters holding NaN/Inf on this process (ZeRO-3: its own shard)."""
-    bad = []
-    for name, p in model.named_parameters():
-        local = getattr(p, "ds_tensor", p)
-        if local.numel() and not torch.isfinite(local).all():
-            bad.append(name)
-            if len(bad) == limit:
-                break
-    return bad
+    """Names of (up to `limit`) parameters holding NaN/Inf on this process (ZeRO-3: its own shard).
+
+    One host sync in all, not one per parameter: each tensor's largest |value| (a NaN anywhere makes it NaN, an
+    Inf makes it Inf) is computed on its device, and the maxima are read back together.
+    """
+    named = [(name, getattr(p, "ds_tensor", p)) for name, p in model.named_parameters()]
+    named = [(name, t) for name, t in named if t.numel()]
+    if not named:
+        return []
+    device = named[0][1].device
+    maxima = torch.stack(
+        [torch.linalg.vector_norm(t.detach(), float("inf")).to(device, torch.float32) for _, t in named]
+    )
+    finite = torch.isfinite(maxima).tolist()
+    return [name for (name, _), ok in zip(named, finite, strict=True) if not ok][:limit]

@@ -201,11 +201,13 @@ class Trainer:
 
     @contextlib.contextmanager
     def _timed(self, phase: str):
-        """Wall time of one phase of the step (device synchronized), logged as time/<phase>_s."""
+        """Wall time of one phase of the step (device synchronized), logged as time/<phase>_s; under
+        torch.profiler the phase is a range named phase/<phase>."""
         distributed.synchronize(self.accelerator)
         start = time.perf_counter()
-        yield
-        distributed.synchronize(self.accelerator)
+        with torch.profiler.record_function(f"phase/{phase}"):
+            yield
+            distributed.synchronize(self.accelerator)
         self.timings[f"time/{phase}_s"] = time.perf_counter() - start
 
     def _next_prompts(self) -> list[Prompt]:

@@ -1,0 +1,64 @@
+"""Where one trainer step's device time goes: kernel time by phase (generate, reference, old_logprobs, update)
+and by kernel category, from one torch.profiler run of the step.
+
+The trainer marks each phase as a profiler range `phase/<name>` (`Trainer._timed`, which synchronizes the
+device at both ends), so a kernel belongs to the phase whose range holds its start. Work outside every phase
+(reward composition, advantages, metrics) is reported as `between`. On a CPU the "kernels" are the ops' own
+(self) CPU time. Used by `realistic_step.py --profile` (one extra step after the measured ones).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from profile_forward import category  # bench/ is on sys.path (realistic_step.py, the only caller)
+from torch.autograd import DeviceType
+
+
+def profile_phases(run_step, device: str, top: int = 8) -> dict:
+    """Run `run_step()` once under torch.profiler; return `phase_breakdown` of what it recorded."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        run_step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return phase_breakdown(prof.events(), device, top)
+
+
+def phase_breakdown(events, device: str, top: int = 8) -> dict:
+    """{phase: {wall_s, kernel_s, by_category: {category: s}, top: [[ms, count, category, name], ...]}}."""
+    ranges = sorted(
+        (e.time_range.start, e.time_range.end, e.name.removeprefix("phase/"))
+        for e in events
+        if e.name.startswith("phase/")
+    )
+    kind = DeviceType.CUDA if device == "cuda" else DeviceType.CPU
+    seconds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for e in events:
+        if e.device_type != kind or e.name.startswith("phase/"):
+            continue
+        phase = next((name for start, end, name in ranges if start <= e.time_range.start < end), "between")
+        us = e.time_range.elapsed_us() if kind == DeviceType.CUDA else e.self_cpu_time_total
+        seconds[phase][e.name] += us / 1e6
+        counts[phase][e.name] += 1
+    out = {}
+    for phase in [name for *_, name in ranges] + (["between"] if "between" in seconds else []):
+        by_name = seconds.get(phase, {})
+        by_category: dict[str, float] = defaultdict(float)
+        for name, s in by_name.items():
+            by_category[category(name)] += s
+        wall = next(((end - start) / 1e6 for start, end, name in ranges if name == phase), None)
+        out[phase] = {
+            "wall_s": wall,
+            "kernel_s": sum(by_name.values()),
+            "by_category": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
+            "top": [
+                [round(1e3 * s, 3), counts[phase][name], category(name), name[:120]]
+                for name, s in sorted(by_name.items(), key=lambda kv: -kv[1])[:top]
+            ],
+        }
+    return out
