@@ -28,8 +28,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     compile_layers: bool = False
-    """torch.compile each decoder layer of the policy, reference and reward models (dynamic shapes; inductor),
-    to fuse the norm, rotary and SiLU elementwise work of the training passes. Not with DeepSpeed ZeRO-3."""
+    """torch.compile each decoder layer (dynamic shapes) to fuse its norm/rotary/SiLU work; not with ZeRO-3."""
 
 
 @dataclass

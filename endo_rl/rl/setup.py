@@ -12,6 +12,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+from accelerate import Accelerator
 
 from endo_rl.core import models
 from endo_rl.core.config import ExperimentConfig
@@ -39,12 +40,14 @@ def frozen(lm: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
 def build_models(
     cfg: ExperimentConfig,
     tokenizer,
-    device: torch.device | str,
+    accelerator: Accelerator,
     lm: torch.nn.Module | None = None,
     critic: bool = False,
 ) -> Models:
     """The policy on CPU (accelerate places it) with a value head when `critic`; reference and reward models
-    frozen on `device`."""
+    frozen on the accelerator's device."""
+    check_compile_layers(cfg, distributed.zero_stage(accelerator))
+    device = accelerator.device
     if lm is None:
         lm = models.load_causal_lm(cfg.model.path, cfg.model.gguf_file, cfg.model.dtype, "cpu")
     models.check_vocab(lm, tokenizer, "policy")

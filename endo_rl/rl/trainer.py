@@ -111,9 +111,8 @@ class Trainer:
 
     def _build_models(self, lm: torch.nn.Module | None) -> None:
         acc = self.accelerator
-        train_setup.check_compile_layers(self.cfg, distributed.zero_stage(acc))
         with distributed.whole_weights_on_load(acc):
-            built = train_setup.build_models(self.cfg, self.tokenizer, acc.device, lm, self.estimator.critic)
+            built = train_setup.build_models(self.cfg, self.tokenizer, acc, lm, self.estimator.critic)
         self.reference_lm, self.reward_lm = built.reference_lm, built.reward_lm
         self._base_copy = built.base_copy
         # on the device before the optimizer exists, so AdamW can use its fused CUDA kernel (no full-size
