@@ -186,11 +186,10 @@ class AlgoConfig:
         return self.kl_coef if self.kl_mode == "reward" else 0.0
 
 
-MOVED_KEYS = {
+MOVED_KEYS = {  # keys that moved, old -> new: using an old key is an error naming the new one
     **{f"algo.{k}": f"algo.ppo.{k}" for k in ("gamma", "lam", "value_clip", "vf_coef", "whiten_advantages")},
     "algo.scale_rewards": "algo.grpo.scale_rewards",
 }
-"""Keys that moved (old -> new): using an old key is an error naming the new one."""
 
 
 @dataclass
@@ -339,9 +338,8 @@ def _finite(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: boo
     return ok
 
 
-# key -> (what is expected, test); None values (optional keys) are not checked. The __post_init__ checks
-# above run first; these cover the values that used to crash later or train on nonsense silently. NaN/Inf
-# reward weights and vf_coef are stopped at step 1 by the trainer's non-finite guard (naming rewards/loss).
+# key -> (what is expected, test); None (optional keys) is not checked. These run after __post_init__, for values
+# that would crash later or train on nonsense; NaN/Inf reward weights and vf_coef stop step 1 (non-finite guard).
 VALUE_RULES = {
     "reward.endogenous.alpha": ("a finite number > 0", _finite(0, lo_open=True)),
     "lora.r": ("an integer >= 1", _finite(1)),

@@ -66,11 +66,9 @@ class Trainer:
             t.max_grad_norm,
         )
         check_batch_sizes(cfg, acc.num_processes)
-        self.output_dir = (
-            checkpoint.check_output_dir(cfg.output_dir, cfg.resume)
-            if acc.is_main_process
-            else Path(cfg.output_dir)
-        )
+        self.output_dir = Path(cfg.output_dir)
+        if acc.is_main_process:  # created, checked and locked by the main process only
+            self.output_dir = checkpoint.check_output_dir(cfg.output_dir, cfg.resume)
         acc.wait_for_everyone()
         distributed.seed_everything(cfg.seed, acc.process_index, cfg.deterministic)
         self.tokenizer = tokenizer or models.load_tokenizer(
@@ -200,8 +198,7 @@ class Trainer:
 
     @contextlib.contextmanager
     def _timed(self, phase: str):
-        """Wall time of one phase of the step (device synchronized), logged as time/<phase>_s; under
-        torch.profiler the phase is a range named phase/<phase>."""
+        """Wall time of one phase (device synchronized) as time/<phase>_s; a profiler range phase/<phase>."""
         distributed.synchronize(self.accelerator)
         start = time.perf_counter()
         with torch.profiler.record_function(f"phase/{phase}"):
