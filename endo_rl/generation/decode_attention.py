@@ -63,6 +63,16 @@ def bmm_float32(a_ZMN: torch.Tensor, b_ZNP: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a_ZMN.to(dtype), b_ZNP.to(dtype))
 
 
+def query_groups(q_BH1d: torch.Tensor, k_BKSd: torch.Tensor) -> tuple[int, int, int, int, int]:
+    """(B, H, K, G, d) of one decode step's query and keys; a query that is not one token per row with a
+    multiple of K heads is refused."""
+    B, H, _, d = q_BH1d.shape
+    K = k_BKSd.shape[1]
+    if H % K or q_BH1d.shape[2] != 1:
+        raise ValueError(f"query {tuple(q_BH1d.shape)} is not one token with a multiple of {K} heads")
+    return B, H, K, H // K, d
+
+
 def gqa_decode_attention(
     q_BH1d: torch.Tensor,
     k_BKSd: torch.Tensor,
@@ -76,11 +86,8 @@ def gqa_decode_attention(
     decoding the new token always sees itself); a row that sees none comes out NaN, as in SDPA. The softmax is
     in float32; probabilities are cast to the value dtype for the second product, as SDPA does.
     """
-    B, H, _, d = q_BH1d.shape
-    K, S = k_BKSd.shape[1], k_BKSd.shape[2]
-    G = H // K
-    if G * K != H or q_BH1d.shape[2] != 1:
-        raise ValueError(f"query {tuple(q_BH1d.shape)} is not one token with a multiple of {K} heads")
+    B, H, K, G, d = query_groups(q_BH1d, k_BKSd)
+    S = k_BKSd.shape[2]
     q_ZGd = q_BH1d.reshape(B * K, G, d)
     k_ZSd, v_ZSd = k_BKSd.flatten(0, 1), v_BKSd.flatten(0, 1)  # views: B and K merge without a copy
     scores_BKGS = bmm_float32(q_ZGd, k_ZSd.transpose(1, 2)).view(B, K, G, S) * scale
@@ -156,11 +163,7 @@ def flex_decode_attention(
     CPU with a counting backend): dynamo's recompile limit (8) covers two batch sizes. A row that sees no key
     comes out NaN in eager flex.
     """
-    B, H, _, d = q_BH1d.shape
-    K = k_BKSd.shape[1]
-    G = H // K
-    if G * K != H or q_BH1d.shape[2] != 1:
-        raise ValueError(f"query {tuple(q_BH1d.shape)} is not one token with a multiple of {K} heads")
+    B, H, K, G, d = query_groups(q_BH1d, k_BKSd)
     q_BKGd = q_BH1d.reshape(B, K, G, d)
     block_mask = window_block_mask(key_valid_BS, G)
     flex = _flex_fn(q_BH1d.device)
