@@ -6,12 +6,13 @@
 #   bash bench/realistic_gpu.sh OUT_DIR
 # env: STEPS (measured steps per part, default 10), PART_S (seconds per part on GPU 0, default 240),
 #      TRL_S (TRL's seconds, default 300), ATTN (decode attentions, default sdpa,flex), EXTRA (more flags for
-#      our parts, e.g. --compile-layers)
+#      our parts, e.g. --compile-layers), BASE (flags for every part; a CPU dry run of the script:
+#      BASE="--shape tiny --device cpu --max-new-tokens 16" STEPS=1 bash bench/realistic_gpu.sh OUT)
 set -u
 OUT=$1
 mkdir -p "$OUT"
 STEPS=${STEPS:-10} PART_S=${PART_S:-240} TRL_S=${TRL_S:-300} ATTN=${ATTN:-sdpa,flex}
-DATA="--tokenizer ../shared/tokenizers/qwen2.5 --data ../shared/benchmarks/math/train.jsonl"
+DATA="--tokenizer ../shared/tokenizers/qwen2.5 --data ../shared/benchmarks/math/train.jsonl ${BASE:-}"
 (
   CUDA_VISIBLE_DEVICES=0 python bench/realistic_step.py $DATA --parts ours,ours_ppo --warmup 1 \
     --steps "$STEPS" --profile --part-timeout "$PART_S" ${EXTRA:-} --out "$OUT/r0.json" >"$OUT/r0.log" 2>&1
