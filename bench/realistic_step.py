@@ -257,9 +257,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
     )
     bare.update(ours_reference_s=phases["time/reference_s"], ours_update_s=phases["time/update_s"])
     extra = {"profile_extra_step": profile_phases(trainer.train_step, args.device)} if profiled else {}
-    if (
-        args.device == "cuda"
-    ):  # cudaMalloc retries: the caching allocator freeing and re-allocating under pressure
+    if args.device == "cuda":  # cudaMalloc retries: the caching allocator freeing memory under pressure
         extra["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries")
     return {
         **extra,
