@@ -7,6 +7,7 @@ import torch
 from conftest import check_decoder_logits, make_tiny_qwen
 
 from endo_rl.generation import static as static_decode
+from endo_rl.generation.decode_attention import ATTENTION
 from endo_rl.generation.generator import generate
 from endo_rl.generation.sampling import SamplingConfig
 
@@ -29,7 +30,7 @@ def make_llama(seed: int = 0):
     return LlamaForCausalLM(cfg).double().eval()
 
 
-@pytest.mark.parametrize("attention", static_decode.ATTENTION)
+@pytest.mark.parametrize("attention", ATTENTION)
 @pytest.mark.parametrize(
     "make, window",
     [

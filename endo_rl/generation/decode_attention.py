@@ -26,6 +26,8 @@ Shape legend: B batch, H query heads, K KV heads, G = H / K, S window (cache slo
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
@@ -37,8 +39,6 @@ FLEX_BLOCK = 128
 """FlexAttention's sparse block size (keys per block) for the window's BlockMask."""
 _FLEX_MASKS: dict[tuple, BlockMask] = {}
 """Per key_valid tensor (device, address, shape, strides) and query rows: its BlockMask (`window_block_mask`)."""
-_COMPILED_FLEX: list = []
-"""torch.compile(flex_attention), made on first use on CUDA and shared by every caller in the process."""
 _OUT_DTYPE_OK: dict[str, bool] = {}
 """Per device type: whether `torch.bmm(..., out_dtype=torch.float32)` ran for half-precision inputs."""
 
@@ -61,6 +61,12 @@ def bmm_float32(a_ZMN: torch.Tensor, b_ZNP: torch.Tensor) -> torch.Tensor:
             _OUT_DTYPE_OK[kind] = False
     dtype = torch.promote_types(a_ZMN.dtype, torch.float32)
     return torch.bmm(a_ZMN.to(dtype), b_ZNP.to(dtype))
+
+
+def check_attention(attention: str) -> None:
+    """Refuse a decode attention that is not one of `ATTENTION`."""
+    if attention not in ATTENTION:
+        raise ValueError(f"decode attention must be one of {ATTENTION}, got {attention!r}")
 
 
 def query_groups(q_BH1d: torch.Tensor, k_BKSd: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -135,14 +141,16 @@ def window_block_mask(key_valid_BS: torch.Tensor, q_len: int) -> BlockMask:
     return _FLEX_MASKS[key]
 
 
+@functools.cache
+def _compiled_flex():
+    """torch.compile(flex_attention), made on first use and shared by every caller in the process."""
+    return torch.compile(flex_attention)
+
+
 def _flex_fn(device: torch.device):
-    """Eager flex_attention off CUDA (tests); on CUDA one torch.compile(flex_attention) per process: uncompiled
-    it materializes the whole score matrix."""
-    if device.type != "cuda":
-        return flex_attention
-    if not _COMPILED_FLEX:
-        _COMPILED_FLEX.append(torch.compile(flex_attention))
-    return _COMPILED_FLEX[0]
+    """Eager flex_attention off CUDA (tests); on CUDA the compiled one: uncompiled it materializes the whole
+    score matrix."""
+    return _compiled_flex() if device.type == "cuda" else flex_attention
 
 
 def flex_decode_attention(

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from endo_rl.generation import static as static_decode
+from endo_rl.generation.decode_attention import check_attention
 from endo_rl.generation.hf import hf_rows
 from endo_rl.generation.lora_merge import LoraMerge
 from endo_rl.generation.sampling import Completion, SamplingConfig, cut_at_stop
@@ -115,8 +116,7 @@ class StaticDecoderGenerator:
             raise ValueError(
                 f"generation backend 'static' does not support model type {model.config.model_type!r}"
             )
-        if attention not in static_decode.ATTENTION:
-            raise ValueError(f"decode attention must be one of {static_decode.ATTENTION}, got {attention!r}")
+        check_attention(attention)
         self.model, self.batch_size = model, batch_size
         self.prompt_bucket, self.length_bucket, self.window = prompt_bucket, length_bucket, window
         self.use_cuda_graph, self.compile, self.attention = use_cuda_graph, compile, attention

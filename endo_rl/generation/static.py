@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from endo_rl.core.batch import left_pad
-from endo_rl.generation.decode_attention import ATTENTION, decode_attention, distinct_rows
+from endo_rl.generation.decode_attention import check_attention, decode_attention, distinct_rows
 from endo_rl.generation.lora_merge import LoraMerge, is_lora_linear, mergeable, projections
 
 SUPPORTED = ("llama", "qwen2", "mistral")
@@ -187,8 +187,7 @@ class StaticDecoder:
         lora: LoraMerge | None = None,
         attention: str = "sdpa",
     ):
-        if attention not in ATTENTION:
-            raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+        check_attention(attention)
         cfg = model.config
         self.attention = attention
         self.n_heads = cfg.num_attention_heads
