@@ -77,11 +77,12 @@ PPO="recipes/qwen2.5-math-7b-ppo.yaml train.prompts_per_step=$PP train.mini_batc
 ALGOS=${ALGOS:-grpo ppo}
 has() { case " $ALGOS " in *" $1 "*) return 0 ;; esac; return 1; }
 JOBS=()
-A_GRPO=$GPU_B A_PPO=$GPU_A
-[ -n "${SPLIT:-}" ] && A_GRPO=$GPU_A A_PPO=$GPU_A GPU_B_PPO=$GPU_B
+# each run's GPU: GRPO's A and B share GPU_B, PPO's share GPU_A; SPLIT: every A on GPU_A, every B on GPU_B
+GRPO_A=$GPU_B GRPO_B=$GPU_B PPO_A=$GPU_A PPO_B=$GPU_A
+[ -n "${SPLIT:-}" ] && GRPO_A=$GPU_A PPO_B=$GPU_B
 if [ -z "${SKIP_TRAIN:-}" ] && has grpo; then
-  run_a "$A_GRPO" grpo $GRPO & JOBS+=($!)
-  run_b "$GPU_B" grpo $GRPO & JOBS+=($!)
+  run_a "$GRPO_A" grpo $GRPO & JOBS+=($!)
+  run_b "$GRPO_B" grpo $GRPO & JOBS+=($!)
 fi
 (
   if [ -z "${SKIP_EVAL:-}" ]; then
@@ -93,8 +94,8 @@ fi
     stamp "eval exit $?"
   fi
   if [ -z "${SKIP_TRAIN:-}" ] && has ppo; then
-    run_a "$A_PPO" ppo $PPO &
-    run_b "${GPU_B_PPO:-$GPU_A}" ppo $PPO &
+    run_a "$PPO_A" ppo $PPO &
+    run_b "$PPO_B" ppo $PPO &
     wait
   fi
 ) & JOBS+=($!)
