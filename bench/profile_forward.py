@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -22,18 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpo_step as base  # noqa: E402
 from bare_passes import response_logits  # noqa: E402
-
-CATEGORIES = (  # first match wins; kernel names of cuBLAS/cuBLASLt, CUTLASS, SDPA's backends, Triton
-    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "matmul", "addmm", "aten::mm", "aten::bmm")),
-    ("attention", ("fmha", "flash", "attention", "efficient")),
-    ("softmax", ("softmax",)),  # the LM head's log-softmax over the vocabulary, SDPA's math fallback
-    ("copy", ("memcpy", "memset")),
-)
-
-
-def category(name: str) -> str:
-    low = name.lower()
-    return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "other")
+from profile_step import profile_phases  # noqa: E402
 
 
 def rollout(rows: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
@@ -68,29 +56,19 @@ def main() -> None:
             response_logits(model, b)  # what bench/bare_passes.py times as the bare forward
 
     seconds = min(base.timed(forward, args.device, repeat=3, warmup=1))
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if args.device == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
-        forward()
-        base.sync(args.device)
-    events = [e for e in prof.key_averages() if e.device_type.name == args.device.upper()] or list(
-        prof.key_averages()
-    )
-    attr = "device_time_total" if args.device == "cuda" else "self_cpu_time_total"
-    by_cat: dict[str, float] = defaultdict(float)
-    for e in events:
-        by_cat[category(e.key)] += getattr(e, attr) / 1e6
-    total = sum(by_cat.values())
+    whole = profile_phases(forward, args.device, top=20)[
+        "between"
+    ]  # no phase ranges: the forward is one span
+    by_cat, total = whole["by_category"], whole["kernel_s"]
     print(
         f"{args.shape}, {args.rows} rows in micro-batches of {args.micro_batch}: {real} real tokens, "
         f"{computed} computed (padding included); forward {seconds:.3f} s (best of 3)"
     )
-    for cat, s in sorted(by_cat.items(), key=lambda kv: -kv[1]):
+    for cat, s in by_cat.items():  # largest first
         print(f"  {cat:10s} {s:8.3f} s  {100 * s / total:5.1f}% of kernel time")
     print("top kernels:")
-    for e in sorted(events, key=lambda e: -getattr(e, attr))[:20]:
-        print(f"  {getattr(e, attr) / 1e3:9.1f} ms  x{e.count:<5d} [{category(e.key)}] {e.key[:110]}")
+    for ms, count, cat, name in whole["top"]:
+        print(f"  {ms:9.1f} ms  x{count:<5d} [{cat}] {name[:110]}")
 
 
 if __name__ == "__main__":

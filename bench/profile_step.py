@@ -4,7 +4,8 @@ and by kernel category, from one torch.profiler run of the step.
 The trainer marks each phase as a profiler range `phase/<name>` (`Trainer._timed`, which synchronizes the
 device at both ends), so a kernel belongs to the phase whose range holds its start. Work outside every phase
 (reward composition, advantages, metrics) is reported as `between`. On a CPU the "kernels" are the ops' own
-(self) CPU time. Used by `realistic_step.py --profile` (one extra step after the measured ones).
+(self) CPU time. Used by `realistic_step.py --profile` (one extra step after the measured ones) and by
+`profile_forward.py` (one forward, no phases: all of it `between`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,19 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-from profile_forward import category  # bench/ is on sys.path (realistic_step.py, the only caller)
 from torch.autograd import DeviceType
+
+CATEGORIES = (  # first match wins; kernel names of cuBLAS/cuBLASLt, CUTLASS, SDPA's backends, Triton
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "matmul", "addmm", "aten::mm", "aten::bmm")),
+    ("attention", ("fmha", "flash", "attention", "efficient")),
+    ("softmax", ("softmax",)),  # the LM head's log-softmax over the vocabulary, SDPA's math fallback
+    ("copy", ("memcpy", "memset")),
+)
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "other")
 
 
 def profile_phases(run_step, device: str, top: int = 8) -> dict:
