@@ -103,26 +103,12 @@ def decode_ms_per_step(args, model, prompts, attention: str) -> float:
     return 1e3 * (full - first) / (n - 1)
 
 
-def graph_replay(fn):
-    """`fn` captured as a CUDA graph (after warm-up on a side stream, which compiles what it compiles); returns
-    the graph's replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
 def attention_ms(model, attention: str, device: str, slots: int = 1024, batch: int = 64) -> float:
     """One decode attention call alone (one layer, `slots` cache slots, 1/8 of them left padding), in ms. On CUDA
     the call is replayed from a CUDA graph, as the decoder runs it: the host work of a call (for "flex" the
     compiled function's guard checks) is not counted, only the kernels and one graph launch."""
     from endo_rl.generation.decode_attention import decode_attention
+    from endo_rl.generation.static import capture_cuda_graph
 
     cfg = model.config
     dims = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads)
@@ -135,7 +121,9 @@ def attention_ms(model, attention: str, device: str, slots: int = 1024, batch: i
     def call():
         return decode_attention(q, k, v, valid, dims, attention)
 
-    times = base.timed(graph_replay(call) if device == "cuda" else call, device, repeat=50, warmup=5)
+    if device == "cuda":  # the decoder's way of running it
+        call = capture_cuda_graph(call, warmup=3)[0].replay
+    times = base.timed(call, device, repeat=50, warmup=5)
     return 1e3 * statistics.median(times)
 
 

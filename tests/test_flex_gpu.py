@@ -13,6 +13,7 @@ import torch
 from endo_rl.generation.decode_attention import decode_attention
 from endo_rl.generation.generator import StaticDecoderGenerator
 from endo_rl.generation.sampling import SamplingConfig
+from endo_rl.generation.static import capture_cuda_graph
 
 pytestmark = [
     pytest.mark.gpu,
@@ -46,15 +47,9 @@ def test_compiled_flex_matches_sdpa(width):
 def test_a_captured_flex_call_follows_in_place_mask_updates():
     width = 256
     q, k, v, valid_BS = window_inputs(8, 512, width, seed=1)
-    out = decode_attention(q, k, v, valid_BS[:, :width], DIMS, "flex")  # compile outside the capture
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        decode_attention(q, k, v, valid_BS[:, :width], DIMS, "flex")
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = decode_attention(q, k, v, valid_BS[:, :width], DIMS, "flex")
+    graph, out = capture_cuda_graph(  # the warm-up runs compile, outside the capture
+        lambda: decode_attention(q, k, v, valid_BS[:, :width], DIMS, "flex")
+    )
     graph.replay()
     before = out.clone()
     valid_BS[:, :200] = False  # in place, as the decoder's index_fill_: the graph must see it

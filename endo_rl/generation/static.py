@@ -157,6 +157,21 @@ def compiled_layer_fns(backend) -> tuple:
     return _COMPILED[key]
 
 
+def capture_cuda_graph(fn, warmup: int = 2) -> tuple[torch.cuda.CUDAGraph, object]:
+    """`fn()` captured as a CUDA graph after `warmup` runs on a side stream (as capture requires; compiled code
+    compiles there); returns the graph and what `fn` returned inside it (tensors the replays rewrite)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 def _pointers(model: torch.nn.Module) -> tuple[int, ...]:
     return tuple(p.data_ptr() for p in model.parameters())
 
@@ -300,15 +315,7 @@ class StaticDecoder:
 
     def _capture(self, width: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         saved = [t.clone() for t in (self.key_valid_BS, self.slot_1, self.position_B1)]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up on a side stream, as CUDA graph capture requires
-                self._decode_step(width)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            logits_BV = self._decode_step(width)
+        graph, logits_BV = capture_cuda_graph(lambda: self._decode_step(width))
         for buf, value in zip((self.key_valid_BS, self.slot_1, self.position_B1), saved, strict=True):
             buf.copy_(value)
         return graph, logits_BV
