@@ -233,7 +233,11 @@ def part_ours(args: argparse.Namespace, model, tokenizer, algo: str = "grpo") ->
     return {"algo": algo, "kl_mode": cfg.algo.kl_mode, **result}
 
 
-def summarize(times: list[float], metrics: list[dict], args: argparse.Namespace) -> dict:
+def summarize(
+    times: list[float], metrics: list[dict], args: argparse.Namespace, peak: float | None = None
+) -> dict:
+    """Median step, completion tokens/s and phase medians; `peak`: GiB recorded by the run (default: this
+    process's peak so far)."""
     length = statistics.mean(m["response_length"] for m in metrics)
     step = statistics.median(times)
     out = {
@@ -241,7 +245,7 @@ def summarize(times: list[float], metrics: list[dict], args: argparse.Namespace)
         "step_times_s": times,
         "mean_completion_tokens": length,
         "completion_tokens_per_s": args.prompts * args.world * args.group * length / step,
-        "peak_gib": peak_gib(args.device),
+        "peak_gib": peak_gib(args.device) if peak is None else peak,
     }
     for phase in ("generate", "reference", "old_logprobs", "update"):
         key = f"time/{phase}_s"

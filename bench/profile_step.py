@@ -10,6 +10,7 @@ device at both ends), so a kernel belongs to the phase whose range holds its sta
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 
 import torch
@@ -28,16 +29,43 @@ def category(name: str) -> str:
     return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "other")
 
 
-def profile_phases(run_step, device: str, top: int = 8) -> dict:
-    """Run `run_step()` once under torch.profiler; return `phase_breakdown` of what it recorded."""
+def profile_phases(run_step, device: str, top: int = 8, paused: tuple = ()) -> dict:
+    """Run `run_step()` once under torch.profiler; return `phase_breakdown` of what it recorded. `paused`:
+    (object, method name) pairs whose calls are not recorded, e.g. the generator's `generate`, whose
+    ~10^6 decode kernels would take the profiler minutes to hand over (its cost: the decode part)."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=activities) as prof, _unrecorded(prof, activities, paused):
         run_step()
         if device == "cuda":
             torch.cuda.synchronize()
     return phase_breakdown(prof.events(), device, top)
+
+
+@contextlib.contextmanager
+def _unrecorded(prof, activities, methods):
+    """Within the block, calls of each (object, name) method run with the profiler's collection off."""
+
+    def wrap(fn):
+        def unrecorded(*args, **kwargs):
+            prof.toggle_collection_dynamic(False, activities)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                prof.toggle_collection_dynamic(True, activities)
+
+        return unrecorded
+
+    shadowed = []
+    for obj, name in methods:
+        shadowed.append((obj, name, name in vars(obj), getattr(obj, name)))
+        setattr(obj, name, wrap(getattr(obj, name)))
+    try:
+        yield
+    finally:
+        for obj, name, own, fn in reversed(shadowed):
+            setattr(obj, name, fn) if own else delattr(obj, name)
 
 
 def phase_breakdown(events, device: str, top: int = 8) -> dict:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpo_step as base  # noqa: E402  (shapes, model building, timing)
 from bare_passes import bare_passes  # noqa: E402
 from profile_step import profile_phases  # noqa: E402
-from realistic_table import analyse, table  # noqa: E402
+from realistic_table import analyse, summarize_cut, summarize_ours, summarize_trl, table, trl_args  # noqa: E402
 from stop_hook import stop_logit_hook  # noqa: E402
 
 PARTS = ("ceilings", "decode", "ours", "ours_ppo", "trl")
@@ -215,25 +215,24 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
     last: dict = {}
 
     trainer.collect = recording_collect
-    metrics, compiles = [], []
+    metrics, compiles, peaks = [], [], []
     before = compile_count()  # the baseline of a run with no warm-up step
     for _ in range(steps):
         metrics.append(trainer.train_step())
         compiles.append(compile_count())
-        save_partial(
-            args,
-            {
-                "algo": algo,
-                "step_times_s": [m["step_time_s"] for m in metrics],
-                "phase_times": phase_times(metrics),
-                "per_step": shapes,
-                "compiles_per_step": compiles,
-            },
-        )
-    steady = metrics[args.warmup :]
-    out = base.summarize(
-        [m["step_time_s"] for m in steady], steady, argparse.Namespace(**vars(args), world=1)
-    )
+        peaks.append(base.peak_gib(args.device))
+        record = {
+            "algo": algo,
+            "warmup": args.warmup,
+            "step_times_s": [m["step_time_s"] for m in metrics],
+            "phase_times": phase_times(metrics),
+            "response_length": [m["response_length"] for m in metrics],
+            "per_step": shapes,
+            "compiles_per_step": compiles,
+            "compiles_before": before,
+            "peak_gib_per_step": peaks,
+        }
+        save_partial(args, record)
     rollout, phases = last["rollout"], metrics[-1]
     bare = bare_passes(
         model,
@@ -244,19 +243,17 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
         args.micro_batch,
     )
     bare.update(ours_reference_s=phases["time/reference_s"], ours_update_s=phases["time/update_s"])
-    extra = {"profile_extra_step": profile_phases(trainer.train_step, args.device)} if profiled else {}
+    extra = {}
+    if profiled:  # generation unrecorded: its decode kernels would take the profiler minutes to hand over
+        paused = [(trainer.generator, "generate")]
+        extra["profile_extra_step"] = profile_phases(trainer.train_step, args.device, paused=paused)
     if args.device == "cuda":  # cudaMalloc retries: the caching allocator freeing memory under pressure
         extra["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries")
     return {
         **extra,
-        "algo": algo,
         "compile_layers": args.compile_layers,
-        **out,
+        **summarize_ours(args, record),
         "bare_last_step": bare,
-        "per_step": shapes[args.warmup :],
-        "phase_times": phase_times(steady),
-        "compiles_per_step": compiles,
-        "compiles_after_warmup": compiles[-1] - (compiles[args.warmup - 1] if args.warmup else before),
     }
 
 
@@ -274,10 +271,7 @@ def part_trl(args, model, tokenizer) -> dict:
     from endo_rl.reward.reference import ReferenceModel
     from endo_rl.trl_adapter import EndogenousRewardFunc
 
-    if args.trl_steps is not None:
-        args = argparse.Namespace(**{**vars(args), "steps": args.trl_steps})
-    if args.trl_warmup is not None:
-        args = argparse.Namespace(**{**vars(args), "warmup": args.trl_warmup})
+    args = trl_args(args)
     steps = args.warmup + args.steps
     reward = EndogenousRewardFunc(
         ReferenceModel(copy.deepcopy(model), tokenizer, batch_size=args.micro_batch)
@@ -286,6 +280,12 @@ def part_trl(args, model, tokenizer) -> dict:
         stop_logit_hook(args.stop_p, [tokenizer.eos_token_id])
     )
     texts = [tokenizer.decode(p.prompt_ids) for p in load_math_prompts(args, tokenizer, args.prompts * steps)]
+    peaks: list[float] = []
+
+    def on_log(times, history):
+        peaks.append(base.peak_gib(args.device))
+        save_partial(args, trl_record(args, times, history, peaks))
+
     times, history = base.run_trl(
         args,
         model,
@@ -294,14 +294,15 @@ def part_trl(args, model, tokenizer) -> dict:
         Dataset.from_dict({"prompt": texts}),
         steps=steps,
         per_device_batch=args.micro_batch,
-        on_log=lambda times, history: save_partial(args, {"step_times_s": times, "log_history": history}),
+        on_log=on_log,
         gradient_accumulation_steps=args.prompts * args.group // args.micro_batch,
     )
-    logs = [h for h in history if "completions/mean_length" in h][args.warmup :]
-    metrics = [{"response_length": h["completions/mean_length"]} for h in logs]
-    out = base.summarize(times[args.warmup :], metrics, argparse.Namespace(**vars(args), world=1))
-    out["longest_response"] = [h.get("completions/max_length") for h in logs]
-    return out
+    peaks.append(base.peak_gib(args.device))
+    return summarize_trl(args, trl_record(args, times, history, peaks))
+
+
+def trl_record(args, times: list[float], history: list[dict], peaks: list[float]) -> dict:
+    return {"warmup": args.warmup, "step_times_s": times, "log_history": history, "peak_gib_per_log": peaks}
 
 
 PART_FNS = {
@@ -388,6 +389,7 @@ def main(argv=None) -> None:
         results: dict = {}
         for path in sys.argv[2:]:
             results.update({k: v for k, v in json.loads(Path(path).read_text()).items() if k not in results})
+        summarize_cut(results, parse(results["command"].split()[2:]))
         print(table(analyse(results, results.get("shape", "7b"))))
         return
     args = parse(argv)
@@ -417,6 +419,7 @@ def main(argv=None) -> None:
             print(f"{part}: {json.dumps(results[part])[:1500]}", flush=True)
         if args.out:  # after every part, so a run cut short keeps what it measured
             Path(args.out).write_text(json.dumps(results, indent=1))
+    summarize_cut(results, args)
     print(table(analyse(results, args.shape)))
 
 

@@ -1,4 +1,5 @@
-"""Floors and the table of `bench/realistic_step.py` results (a saved run: `realistic_step.py --table FILE`).
+"""Floors, the steady state of each part and the table of `bench/realistic_step.py` results (a saved run:
+`realistic_step.py --table FILE`).
 
 The floor of a step is computed from that step's own token counts and the two ceilings measured in the same run
 (device copy bandwidth, bf16 matmul rate): decode is paced by the longest response at one weight read per token;
@@ -7,6 +8,7 @@ the reference, update (and PPO's old log-prob) passes by their matmul FLOPs.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -84,7 +86,8 @@ def table(results: dict) -> str:
             continue
 
         def f(key, fmt="{:.2f}", r=r):
-            return fmt.format(r[key]) if r.get(key) is not None else "n/a"
+            value = r.get(key)
+            return "n/a" if value is None or value != value else fmt.format(value)  # nan: not recorded
 
         longest = (
             f("longest_mean", "{:.0f}")
@@ -118,7 +121,8 @@ def table(results: dict) -> str:
             f("compiles_after_warmup", "{}"),
             f("generate_over_decode_floor", "{:.2f}x"),
         ]
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+        cut = f" (cut after {r['cut_after_steps']} steps)" if "cut_after_steps" in r else ""
+        rows.append(f"| {label}{cut} | " + " | ".join(cells) + " |")
     if "speedup" in results:
         rows.append(f"\nthroughput ratio endo_rl GRPO / TRL: **{results['speedup']:.2f}x**")
     for name, label in (("ours", "GRPO"), ("ours_ppo", "PPO")):
@@ -145,3 +149,75 @@ def table(results: dict) -> str:
             )
         )
     return "\n".join(rows)
+
+
+# ----- the steady state of a part (complete or cut short) ------------------------------------------------------
+
+
+def summarize_ours(args, record: dict) -> dict:
+    """The steady state of our part (the steps after the warm-up) from its step record, whole or cut short."""
+    w = record["warmup"]
+    times = record["step_times_s"][w:]
+    if not times:
+        raise ValueError(f"{len(record['step_times_s'])} steps recorded, none after the {w} warm-up steps")
+    metrics = [
+        {**p, "response_length": n} for p, n in zip(record["phase_times"][w:], record["response_length"][w:])
+    ]
+    peak = max(record["peak_gib_per_step"])  # over every step, warm-up included
+    out = base.summarize(times, metrics, argparse.Namespace(**vars(args), world=1), peak)
+    compiles = record["compiles_per_step"]
+    start = compiles[w - 1] if w else record.get("compiles_before")
+    return {
+        **out,
+        "algo": record["algo"],
+        "per_step": record["per_step"][w:],
+        "phase_times": record["phase_times"][w:],
+        "compiles_per_step": compiles,
+        "compiles_after_warmup": None if start is None else compiles[-1] - start,
+    }
+
+
+def trl_args(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with TRL's own step counts (--trl-steps, --trl-warmup) where given."""
+    trl = {"steps": args.trl_steps, "warmup": args.trl_warmup}
+    return argparse.Namespace(**{**vars(args), **{k: v for k, v in trl.items() if v is not None}})
+
+
+def summarize_cut(results: dict, args: argparse.Namespace) -> None:
+    """Each part cut short (by --part-timeout) gets the summary of the steps it finished, and `cut_after_steps`.
+    Records from before a field was recorded: warm-up from the run's command, response length from the token
+    counts, peak memory unknown (nan). `args`: the run's own arguments."""
+    for part, r in results.items():
+        if not isinstance(r, dict) or "partial" not in r or "step_s" in r:
+            continue
+        record = dict(r["partial"])
+        if part == "trl":
+            a = trl_args(args)
+            record.setdefault("warmup", a.warmup)
+            record.setdefault("peak_gib_per_log", [float("nan")])
+            summary = summarize_trl(a, record)
+        else:
+            record.setdefault("warmup", args.warmup)
+            rollouts = args.prompts * args.group
+            record.setdefault(
+                "response_length", [s["response_tokens"] / rollouts for s in record["per_step"]]
+            )
+            record.setdefault("peak_gib_per_step", [float("nan")])
+            summary = summarize_ours(args, record)
+        r.update(summary, cut_after_steps=len(record["step_times_s"]))
+
+
+def summarize_trl(args, record: dict) -> dict:
+    """TRL's steady state (the steps after the warm-up) from its record, whole or cut short."""
+    w = record["warmup"]
+    logs = [h for h in record["log_history"] if "completions/mean_length" in h][w:]
+    times = record["step_times_s"][w : w + len(logs)]
+    if not times:
+        raise ValueError(
+            f"{len(record['step_times_s'])} TRL steps recorded, none after the {w} warm-up steps"
+        )
+    metrics = [{"response_length": h["completions/mean_length"]} for h in logs[: len(times)]]
+    peak = max(record["peak_gib_per_log"])
+    out = base.summarize(times, metrics, argparse.Namespace(**vars(args), world=1), peak)
+    out["longest_response"] = [h.get("completions/max_length") for h in logs[: len(times)]]
+    return out

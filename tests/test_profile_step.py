@@ -31,3 +31,23 @@ def test_op_time_lands_in_the_phase_whose_range_holds_it():
     assert any(name == "aten::mul" for *_, name in between["top"]) and between["wall_s"] is None
     for phase in (update, generate):
         assert 0 < phase["kernel_s"] <= phase["wall_s"]
+
+
+def test_a_paused_method_is_not_recorded_and_is_restored_after():
+    a = torch.randn(128, 128)
+
+    class Generator:
+        def generate(self):
+            return torch.softmax(a, -1)
+
+    gen = Generator()
+
+    def step():
+        with torch.profiler.record_function("phase/generate"):
+            gen.generate()
+            a @ a  # noqa: B018  (recorded: outside the paused call)
+
+    out = profile_phases(step, "cpu", paused=[(gen, "generate")])
+    assert "softmax" not in out["generate"]["by_category"] and "matmul" in out["generate"]["by_category"]
+    assert "generate" not in vars(gen)  # the class's method again
+    assert "softmax" in profile_phases(step, "cpu")["generate"]["by_category"]
