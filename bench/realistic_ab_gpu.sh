@@ -2,7 +2,8 @@
 # The realistic step's follow-up on a 2 x H200 host in one device call (about 8 minutes):
 #   GPU 0: our GRPO step without, then with model.compile_layers=true (the A/B of the compiled decoder layers)
 #   GPU 1: TRL's GRPOTrainer (for its peak memory and throughput), then one profiled step of ours
-#          (kernel time by phase; generation unrecorded, its cost is the decode part of realistic_gpu.sh)
+#          (kernel time, busy time and idle gaps by phase, and its timeline; generation unrecorded, its cost is
+#          the decode part of realistic_gpu.sh)
 # Each part is cut by its --part-timeout and keeps the steps it finished.
 #   bash bench/realistic_ab_gpu.sh OUT_DIR
 # env: STEPS (measured steps of each A/B side, default 6), BASE (flags for every part; a CPU dry run:
@@ -22,7 +23,8 @@ RUN="python bench/realistic_step.py --tokenizer ../shared/tokenizers/qwen2.5 --d
 (
   export CUDA_VISIBLE_DEVICES=1
   $RUN --parts trl --trl-warmup 1 --trl-steps 2 --part-timeout 270 --out "$OUT/trl.json" >"$OUT/trl.log" 2>&1
-  $RUN --parts ours --warmup 1 --steps 1 --profile --part-timeout 170 --out "$OUT/profile.json" >"$OUT/profile.log" 2>&1
+  $RUN --parts ours --warmup 1 --steps 1 --profile --profile-trace "$OUT/profile_trace.json.gz" --part-timeout 170 \
+    --out "$OUT/profile.json" >"$OUT/profile.log" 2>&1
   echo "GPU 1 exit $?" >>"$OUT/timeline.txt"
 ) &
 wait

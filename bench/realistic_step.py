@@ -246,7 +246,9 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
     extra = {}
     if profiled:  # generation unrecorded: its decode kernels would take the profiler minutes to hand over
         paused = [(trainer.generator, "generate")]
-        extra["profile_extra_step"] = profile_phases(trainer.train_step, args.device, paused=paused)
+        extra["profile_extra_step"] = profile_phases(
+            trainer.train_step, args.device, paused=paused, trace=args.profile_trace
+        )
     if args.device == "cuda":  # cudaMalloc retries: the caching allocator freeing memory under pressure
         extra["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries")
     return {
@@ -351,6 +353,11 @@ def parse(argv=None) -> argparse.Namespace:
         "--profile",
         action="store_true",
         help="ours: one more step under torch.profiler, kernel time by phase and category (profile_step.py)",
+    )
+    p.add_argument(
+        "--profile-trace",
+        default=None,
+        help="with --profile: also write that step's timeline here (Chrome trace; .json.gz to compress)",
     )
     p.add_argument("--out", default=None)
     p.add_argument(

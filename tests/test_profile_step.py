@@ -51,3 +51,30 @@ def test_a_paused_method_is_not_recorded_and_is_restored_after():
     assert "softmax" not in out["generate"]["by_category"] and "matmul" in out["generate"]["by_category"]
     assert "generate" not in vars(gen)  # the class's method again
     assert "softmax" in profile_phases(step, "cpu")["generate"]["by_category"]
+
+
+def test_busy_time_is_the_union_of_intervals_and_long_gaps_are_idle():
+    from profile_step import busy_and_idle
+
+    # [0, 100] holds a nested [10, 20]; then a 50 us gap; [150, 300] and an overlapping [250, 400]; a 2 ms gap
+    out = busy_and_idle([(150, 300), (0, 100), (10, 20), (250, 400), (2400, 2500)])
+    assert out["busy_s"] == (100 + 250 + 100) / 1e6
+    assert out["idle_gaps"] == [1, 2000 / 1e6]  # the 50 us gap is under the 1 ms threshold
+    assert busy_and_idle([]) == {"busy_s": 0.0, "idle_gaps": [0, 0.0]}
+
+
+def test_a_phase_that_waits_shows_the_wait_as_idle_and_the_trace_is_written(tmp_path):
+    import time
+
+    a = torch.randn(256, 256)
+
+    def step():
+        with torch.profiler.record_function("phase/update"):
+            a @ a  # noqa: B018
+            time.sleep(0.05)  # the host busy elsewhere: no op runs
+            a @ a  # noqa: B018
+
+    out = profile_phases(step, "cpu", trace=str(tmp_path / "trace.json"))["update"]
+    assert out["idle_gaps"][0] == 1 and out["idle_gaps"][1] >= 0.05
+    assert out["busy_s"] <= out["wall_s"] - 0.05
+    assert '"phase/update"' in (tmp_path / "trace.json").read_text()
