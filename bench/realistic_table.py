@@ -9,6 +9,7 @@ the reference, update (and PPO's old log-prob) passes by their matmul FLOPs.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 from pathlib import Path
@@ -184,7 +185,8 @@ def trl_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def summarize_cut(results: dict, args: argparse.Namespace) -> None:
-    """Each part cut short (by --part-timeout) gets the summary of the steps it finished, and `cut_after_steps`.
+    """Each part cut short (by --part-timeout) gets the summary of the steps it finished, and `cut_after_steps`;
+    one cut inside its warm-up gets `summary_error` instead (no row), so the other parts still make a table.
     Records from before a field was recorded: warm-up from the run's command, response length from the token
     counts, peak memory unknown (nan). `args`: the run's own arguments."""
     for part, r in results.items():
@@ -195,7 +197,7 @@ def summarize_cut(results: dict, args: argparse.Namespace) -> None:
             a = trl_args(args)
             record.setdefault("warmup", a.warmup)
             record.setdefault("peak_gib_per_log", [float("nan")])
-            summary = summarize_trl(a, record)
+            summarize = functools.partial(summarize_trl, a)
         else:
             record.setdefault("warmup", args.warmup)
             rollouts = args.prompts * args.group
@@ -203,8 +205,11 @@ def summarize_cut(results: dict, args: argparse.Namespace) -> None:
                 "response_length", [s["response_tokens"] / rollouts for s in record["per_step"]]
             )
             record.setdefault("peak_gib_per_step", [float("nan")])
-            summary = summarize_ours(args, record)
-        r.update(summary, cut_after_steps=len(record["step_times_s"]))
+            summarize = functools.partial(summarize_ours, args)
+        try:
+            r.update(summarize(record), cut_after_steps=len(record["step_times_s"]))
+        except ValueError as e:  # nothing measured after the warm-up
+            r["summary_error"] = str(e)
 
 
 def summarize_trl(args, record: dict) -> dict:

@@ -83,7 +83,13 @@ def test_a_record_from_before_peak_memory_was_kept_shows_it_as_unknown():
     assert "| n/a | 1 |" in table(analyse(results, "7b"))  # peak GiB not recorded, compiles after warm-up
 
 
-def test_a_part_cut_inside_its_warm_up_is_an_error_not_a_row():
-    results = {"command": COMMAND, "ours": {"error": "timed out", "partial": ours_record([30.0])}}
-    with pytest.raises(ValueError, match="none after the 1 warm-up steps"):
-        summarize_cut(results, parse(COMMAND.split()[2:]))
+def test_a_part_cut_inside_its_warm_up_is_reported_and_leaves_the_other_rows():
+    results = {
+        "command": COMMAND,
+        "ours": {"error": "timed out", "partial": ours_record([30.0])},
+        "ours_ppo": {"error": "timed out", "partial": {**ours_record([30.0, 11.0]), "algo": "ppo"}},
+    }
+    summarize_cut(results, parse(COMMAND.split()[2:]))
+    assert results["ours"]["summary_error"] == "1 steps recorded, none after the 1 warm-up steps"
+    rows = table(analyse(results, "7b")).splitlines()
+    assert len(rows) == 3 and rows[2].startswith("| endo_rl PPO (cut after 2 steps) | 11.00 |")
