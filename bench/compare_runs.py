@@ -5,8 +5,9 @@
 Prints, over the trainable tensors (LoRA adapters and the value head; all tensors when there is no adapter):
 max |B_N - A_N|, and for scale max |A_N - A_K| (what the resumed steps changed), plus the per-step metrics of
 every step both runs logged, side by side, each step marked identical when every logged value but the timings
-is equal (printed also when a step-N checkpoint is missing, e.g. a run cut before its end). bf16 tolerance: the difference must be small against the update; sampled rollouts
-after a resume see the same RNG state, so only kernel non-determinism separates the two runs.
+is equal (printed also when a step-N checkpoint is missing, e.g. a run cut before its end). bf16 tolerance: the
+difference must be small against the update; sampled rollouts after a resume see the same RNG state, so only
+kernel non-determinism separates the two runs.
 """
 
 from __future__ import annotations

@@ -56,9 +56,8 @@ def main() -> None:
             response_logits(model, b)  # what bench/bare_passes.py times as the bare forward
 
     seconds = min(base.timed(forward, args.device, repeat=3, warmup=1))
-    whole = profile_phases(forward, args.device, top=20)[
-        "between"
-    ]  # no phase ranges: the forward is one span
+    # no phase ranges around the forward: all of it is reported as "between"
+    whole = profile_phases(forward, args.device, top=20)["between"]
     by_cat, total = whole["by_category"], whole["kernel_s"]
     print(
         f"{args.shape}, {args.rows} rows in micro-batches of {args.micro_batch}: {real} real tokens, "

@@ -227,7 +227,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
             "step_times_s": [m["step_time_s"] for m in metrics],
             "phase_times": phase_times(metrics),
             "response_length": [m["response_length"] for m in metrics],
-            "per_step": shapes,
+            "per_step": list(shapes),  # a copy: the profiled step after these appends to `shapes` too
             "compiles_per_step": compiles,
             "compiles_before": before,
             "peak_gib_per_step": peaks,

@@ -215,14 +215,15 @@ def summarize_cut(results: dict, args: argparse.Namespace) -> None:
 def summarize_trl(args, record: dict) -> dict:
     """TRL's steady state (the steps after the warm-up) from its record, whole or cut short."""
     w = record["warmup"]
+    times = record["step_times_s"][w:]
     logs = [h for h in record["log_history"] if "completions/mean_length" in h][w:]
-    times = record["step_times_s"][w : w + len(logs)]
-    if not times:
+    n = min(len(times), len(logs))  # the steps both timed and logged
+    if n == 0:
         raise ValueError(
             f"{len(record['step_times_s'])} TRL steps recorded, none after the {w} warm-up steps"
         )
-    metrics = [{"response_length": h["completions/mean_length"]} for h in logs[: len(times)]]
+    metrics = [{"response_length": h["completions/mean_length"]} for h in logs[:n]]
     peak = max(record["peak_gib_per_log"])
-    out = base.summarize(times, metrics, argparse.Namespace(**vars(args), world=1), peak)
-    out["longest_response"] = [h.get("completions/max_length") for h in logs[: len(times)]]
+    out = base.summarize(times[:n], metrics, argparse.Namespace(**vars(args), world=1), peak)
+    out["longest_response"] = [h.get("completions/max_length") for h in logs[:n]]
     return out

@@ -21,10 +21,10 @@ top_p = 1, which skips it.
 
 Cost: slower steps. Inductor compiles the static decoder without on-device benchmarking/autotuning (it picks
 kernels by heuristics); the attention backwards run their deterministic variants; index/scatter backwards
-sort instead of using atomics; cuBLAS runs with its deterministic workspace setting (BENCHMARKS.md 7.3b has step times). New memory
-is not filled: torch's `fill_uninitialized_memory` (on by default in this mode, a write of every new tensor)
-guards only against reading uninitialized bytes, which nothing here does (caches start zeroed), and it is
-switched off. Off by default; turn it on for exact comparisons (kill-and-resume against an
+sort instead of using atomics; cuBLAS runs with its deterministic workspace setting (step times: BENCHMARKS.md
+7.3c). New memory is not filled: torch's `fill_uninitialized_memory` (on by default in this mode, a write of every
+new tensor) guards only against reading uninitialized bytes, which nothing here does (caches start zeroed), and
+it is switched off. Off by default; turn it on for exact comparisons (kill-and-resume against an
 uninterrupted run, A/B of a code change), not for throughput.
 """
 
