@@ -16,7 +16,8 @@ Parts (each its own process, so peak memory is its own): `ceilings` (copy bandwi
 `--decode-attention`, default sdpa,gqa, timed in turn), `ours` / `ours_ppo` (our trainer's GRPO / PPO step;
 per-step longest response, tokens computed incl. padding, compilations after warm-up; no-grad passes at
 `--logprob-micro-batch`), `trl` (TRL's GRPOTrainer: same hook, prompts and 64 completions per step; the
-endogenous reward from our batched adapter on a frozen copy). The floor of each step is computed from its own
+endogenous reward from our batched adapter on a frozen copy), `decode_parts` (not in the default list: the decode
+step split into parts, each timed alone, `decode_breakdown.py`). The floor of each step is computed from its own
 token counts.
 
 `--compile-layers` runs `ours` / `ours_ppo` with `model.compile_layers=true` (each decoder layer compiled in
@@ -40,11 +41,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpo_step as base  # noqa: E402  (shapes, model building, timing)
 from bare_passes import bare_passes  # noqa: E402
+from decode_breakdown import breakdown  # noqa: E402
 from profile_step import profile_phases  # noqa: E402
 from realistic_table import analyse, summarize_cut, summarize_ours, summarize_trl, table, trl_args  # noqa: E402
 from stop_hook import stop_logit_hook  # noqa: E402
 
-PARTS = ("ceilings", "decode", "ours", "ours_ppo", "trl")
+PARTS = ("ceilings", "decode", "ours", "ours_ppo", "trl")  # --parts default; also: decode_parts
 
 
 def load_math_prompts(args: argparse.Namespace, tokenizer, n: int) -> list:
@@ -152,6 +154,14 @@ def part_decode(args, model, tokenizer) -> dict:
     }
 
 
+def part_decode_parts(args, model, tokenizer) -> dict:
+    """The decode step split into parts, each timed alone at batch 64 (`decode_breakdown.py`); without the stop
+    hook, as `decode`, except `step_hooked_ms` (the whole step with it, what the realistic step decodes)."""
+    prompts = [p.prompt_ids for p in load_math_prompts(args, tokenizer, 64)]
+    hook = stop_logit_hook(args.stop_p, [tokenizer.eos_token_id])
+    return breakdown(model, prompts, tokenizer.pad_token_id, args.max_new_tokens, args.device, hook)
+
+
 def row_order_batches(n: int, size: int) -> list[list[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
@@ -247,7 +257,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
     if profiled:  # generation unrecorded: its decode kernels would take the profiler minutes to hand over
         paused = [(trainer.generator, "generate")]
         extra["profile_extra_step"] = profile_phases(
-            trainer.train_step, args.device, paused=paused, trace=args.profile_trace
+            trainer.train_step, args.device, paused=paused, trace=args.profile_trace, stack=args.profile_stack
         )
     if args.device == "cuda":  # cudaMalloc retries: the caching allocator freeing memory under pressure
         extra["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries")
@@ -310,6 +320,7 @@ def trl_record(args, times: list[float], history: list[dict], peaks: list[float]
 PART_FNS = {
     "ceilings": part_ceilings,
     "decode": part_decode,
+    "decode_parts": part_decode_parts,
     "ours": part_ours,
     "ours_ppo": part_ours_ppo,
     "trl": part_trl,
@@ -358,6 +369,11 @@ def parse(argv=None) -> argparse.Namespace:
         "--profile-trace",
         default=None,
         help="with --profile: also write that step's timeline here (Chrome trace; .json.gz to compress)",
+    )
+    p.add_argument(
+        "--profile-stack",
+        action="store_true",
+        help="with --profile: record Python stacks, so idle gaps are charged to lines of endo_rl/ and bench/",
     )
     p.add_argument("--out", default=None)
     p.add_argument(

@@ -78,3 +78,57 @@ def test_a_phase_that_waits_shows_the_wait_as_idle_and_the_trace_is_written(tmp_
     assert out["idle_gaps"][0] == 1 and out["idle_gaps"][1] >= 0.05
     assert out["busy_s"] <= out["wall_s"] - 0.05
     assert '"phase/update"' in (tmp_path / "trace.json").read_text()
+
+
+def test_idle_gaps_are_sized_and_charged_to_the_host_op_running_in_them():
+    from profile_step import idle_by_host_op
+
+    kernels = [(0, 100), (150, 300), (2300, 2400)]
+    host = [
+        (-60, 10, "aten::copy_"),  # running through the gap before the first kernel
+        (110, 145, "aten::to"),
+        (120, 130, "cudaMemcpyAsync"),  # a runtime call: named with the op that made it
+        (200, 400, "aten::item"),  # ended before the long gap's midpoint: nothing runs then
+        (2350, 2600, "aten::mm"),
+    ]
+    out = idle_by_host_op(kernels, host, window=(-50, 2500))
+    assert out["gaps_by_size"] == {
+        "<10us": [0, 0.0],
+        "10-100us": [2, 100 / 1e6],
+        "0.1-1ms": [1, 100 / 1e6],
+        ">1ms": [1, 2000 / 1e6],
+    }
+    assert out["idle_by_host_op"] == [
+        [0.002, 1, "after aten::item"],
+        [0.0001, 1, "aten::mm"],
+        [5e-05, 1, "aten::copy_"],
+        [5e-05, 1, "aten::to > cudaMemcpyAsync"],
+    ]
+    short = idle_by_host_op([(0, 10), (15, 20)], [(0, 20, "aten::add")])
+    assert short["gaps_by_size"]["<10us"] == [1, 5 / 1e6] and short["idle_by_host_op"] == []  # not charged
+    assert idle_by_host_op([], [], window=(0, 50))["idle_by_host_op"] == [[5e-05, 1, "(no host op)"]]
+    # with stacks, the innermost frame of endo_rl/ or bench/ in progress is named with the op
+    frames = [(0, 100, "endo_rl/rl/update.py(80): __call__"), (40, 60, "aten::item")]
+    assert idle_by_host_op([(0, 10), (90, 100)], frames)["idle_by_host_op"] == [
+        [8e-05, 1, "aten::item @ endo_rl/rl/update.py(80): __call__"]
+    ]
+
+
+def test_a_profiled_phase_charges_its_idle_time_to_the_host():
+    import time
+
+    a = torch.randn(256, 256)
+
+    def step():
+        with torch.profiler.record_function("phase/update"):
+            a @ a  # noqa: B018
+            time.sleep(0.05)
+            a @ a  # noqa: B018
+
+    out = profile_phases(step, "cpu")["update"]
+    seconds, gaps, label = out["idle_by_host_op"][0]
+    assert seconds >= 0.05 and label == "after aten::matmul"
+    # with stacks, Python's own calls are host ops too: the sleep is what ran, inside this test's frame
+    seconds, gaps, label = profile_phases(step, "cpu", stack=True)["update"]["idle_by_host_op"][0]
+    assert seconds >= 0.05 and label.startswith("<built-in function sleep>")
+    assert out["gaps_by_size"][">1ms"][0] >= 1

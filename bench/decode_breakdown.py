@@ -1,0 +1,194 @@
+"""Where one decode step's time goes at batch 64: the whole step and its parts, each replayed from its own CUDA graph.
+
+The decode step of `endo_rl.generation.static` is one CUDA-graph replay per token. Its bound is the weight read
+(every layer's projections and the LM head, once per token). This splits the step into parts that are timed
+alone, each captured as its own graph and replayed (median of 30 replays, ms):
+
+- `step_ms[W]`: the decoder's whole step (embedding, every layer, final norm, LM head) at a window of W cache slots;
+- `matmuls_ms`: the seven projections of every layer and the LM head, `F.linear` on fixed inputs, nothing else:
+  how close the GEMMs at M = 64 rows come to the weight read;
+- `matmuls_fused_ms`: the same with Q/K/V and gate/up each one GEMM over concatenated weights (5 per layer);
+- `attention_ms[W]`: every layer's two cache writes and its decode attention over W slots;
+- `layers_no_attention_ms`: every layer's two compiled halves with a fixed attention output (norms,
+  projections, rotary, SiLU, residuals: the step without attention, embedding and LM head);
+- `sampling_ms`: the per-token work outside the graph (sampling, stop check, buffer updates), eager, per token,
+  host and device together (`sampling_graph_ms`: the same captured, the device's share);
+- `step_hooked_ms`: the whole step at the largest window with the benchmark's stop-token hook on the LM head
+  (every other part runs without it);
+- `kernels`: torch.profiler over replays of the step's graph, kernel time per step by category.
+
+On a CPU (a check of the script only) every part runs eagerly and no bound is computed.
+Used by `realistic_step.py --parts decode_parts`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from grpo_step import copy_bandwidth, timed  # bench/ is on sys.path (realistic_step.py, the only caller)
+from profile_step import category
+
+BATCH = 64
+
+
+def part_ms(fn, device: str, replays: int = 30) -> float:
+    """Median ms of `fn`: replayed from a CUDA graph on CUDA, called eagerly elsewhere."""
+    from endo_rl.generation.static import capture_cuda_graph
+
+    run = capture_cuda_graph(fn, warmup=2)[0].replay if device == "cuda" else fn
+    return 1e3 * statistics.median(timed(run, device, repeat=replays if device == "cuda" else 3, warmup=2))
+
+
+def weight_bytes(weights, head: torch.Tensor) -> int:
+    """Bytes one decode step must read: every layer's tensors and the LM head's weight."""
+    return head.numel() * head.element_size() + sum(
+        t.numel() * t.element_size() for w in weights for t in w if t is not None
+    )
+
+
+def matmul_chain(weights, head: torch.Tensor, fused: bool):
+    """The projections of every layer and the LM head on fixed [B, 1, *] inputs, nothing between them.
+    `fused`: Q/K/V and gate/up as one GEMM each, over weights concatenated here (extra memory)."""
+    w0 = weights[0]
+    x = torch.randn(BATCH, 1, w0.wq.shape[1], device=head.device, dtype=head.dtype)
+    xi = torch.randn(BATCH, 1, w0.wd.shape[1], device=head.device, dtype=head.dtype)
+    if fused:
+        mats = [(torch.cat([w.wq, w.wk, w.wv]), w.wo, torch.cat([w.wg, w.wu]), w.wd) for w in weights]
+    else:
+        mats = [(w.wq, w.wk, w.wv, w.wo, w.wg, w.wu, w.wd) for w in weights]
+
+    def run():
+        for layer in mats:
+            for m in layer[:-1]:
+                F.linear(x, m)
+            F.linear(xi, layer[-1])
+        F.linear(x[:, -1], head)
+
+    return run
+
+
+def step_kernels(fn, device: str, replays: int = 5) -> dict:
+    """Kernel time per step by category (ms) and the top kernels, from torch.profiler over graph replays."""
+    from endo_rl.generation.static import capture_cuda_graph
+
+    run = capture_cuda_graph(fn, warmup=2)[0].replay if device == "cuda" else fn
+    run()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    kind = torch.autograd.DeviceType.CPU
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+        kind = torch.autograd.DeviceType.CUDA
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(replays):
+            run()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    seconds: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for e in prof.events():
+        if e.device_type == kind:
+            us = (
+                e.time_range.elapsed_us() if kind == torch.autograd.DeviceType.CUDA else e.self_cpu_time_total
+            )
+            seconds[e.name] += us / 1e3 / replays
+            counts[e.name] += 1
+    by_category: dict[str, float] = defaultdict(float)
+    for name, ms in seconds.items():
+        by_category[category(name)] += ms
+    top = sorted(seconds.items(), key=lambda kv: -kv[1])[:12]
+    return {
+        "kernels_per_step": sum(counts.values()) / replays,
+        "kernel_ms_per_step": sum(seconds.values()),
+        "by_category_ms": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
+        "top": [[round(ms, 4), counts[n] / replays, category(n), n[:120]] for n, ms in top],
+    }
+
+
+def sampling_loop(decoder, device: str):
+    """One token's work outside the graph, as `generate_rows` does it (temperature 1, no top-p/k)."""
+    from endo_rl.generation.static import sample
+
+    logits = torch.randn(BATCH, decoder.model.config.vocab_size, device=device)
+    stop = torch.tensor([0], device=device)
+    done = torch.zeros(BATCH, dtype=torch.bool, device=device)
+    out = torch.zeros(BATCH, 8, dtype=torch.long, device=device)
+
+    def run():
+        token = sample(logits, 1.0, 1.0, 0).masked_fill(done, 0)
+        out[:, 3] = token
+        done.logical_or_(torch.isin(token, stop))
+        decoder.token_B1.copy_(token[:, None])
+        decoder.position_B1.add_(0)  # as `decode`'s position += 1, without moving it
+        decoder.slot_1.add_(0)
+
+    return run
+
+
+def breakdown(model, prompts: list[list[int]], pad_id: int, max_new: int, device: str, hook=None) -> dict:
+    """The parts above for `model` decoding `prompts` (64 of them) with room for `max_new` tokens; with `hook`
+    (a forward hook for the LM head), also the whole step at the largest window with it (`step_hooked_ms`)."""
+    from endo_rl.core.batch import left_pad
+    from endo_rl.generation.decode_attention import decode_attention
+    from endo_rl.generation.static import StaticDecoder
+
+    ids, mask = left_pad(prompts[:BATCH], pad_id)
+    P = ids.shape[1]
+    decoder = StaticDecoder(model, BATCH, max_len=P + max_new, use_cuda_graph=False)
+    decoder.prefill(ids.to(device), mask.to(device))
+    weights, head = decoder.weights, model.get_output_embeddings().weight
+    windows = sorted({w for w in (256, 768, 1280) if w <= decoder.max_len} | {decoder.max_len})
+    out: dict = {"batch": BATCH, "prompt_width": P, "windows": windows}
+    step, attention = {}, {}
+    n_heads, n_kv, head_dim = decoder.dims
+    q = torch.randn(BATCH, n_heads, 1, head_dim, device=device, dtype=head.dtype)
+    kv_new = torch.randn(BATCH, n_kv, 1, head_dim, device=device, dtype=head.dtype)
+    for width in windows:
+        decoder.key_valid_BS[:, :width] = True
+        decoder.slot_1.fill_(width - 1)
+        step[width] = part_ms(lambda width=width: decoder._decode_step(width), device)
+
+        def attend(width=width):
+            for i in range(len(weights)):
+                k, v = decoder.k_cache[i, :, :, :width], decoder.v_cache[i, :, :, :width]
+                k.index_copy_(2, decoder.slot_1, kv_new)
+                v.index_copy_(2, decoder.slot_1, kv_new)
+                decode_attention(q, k, v, decoder.key_valid_BS[:, :width], decoder.dims, decoder.attention)
+
+        attention[width] = part_ms(attend, device)
+    out["step_ms"], out["attention_ms"] = step, attention
+    out["kernels"] = step_kernels(lambda: decoder._decode_step(windows[-1]), device)
+    out["kernels"]["window"] = windows[-1]
+    out["matmuls_ms"] = part_ms(matmul_chain(weights, head, fused=False), device)
+    fused = matmul_chain(weights, head, fused=True)
+    out["matmuls_fused_ms"] = part_ms(fused, device)
+    del fused
+    pre, post = decoder.layer_fns
+    x0 = torch.randn(BATCH, 1, head.shape[1], device=device, dtype=head.dtype)
+    cos, sin = decoder.backbone.rotary_emb(x0, decoder.position_B1)
+    attn_out = torch.randn(BATCH, n_heads, 1, head_dim, device=device, dtype=head.dtype)
+
+    def no_attention():
+        x = x0
+        for w in weights:
+            pre(x, w, cos, sin, decoder.dims, decoder.eps)
+            x = post(x, attn_out, w, decoder.eps)
+
+    out["layers_no_attention_ms"] = part_ms(no_attention, device)
+    sampling = sampling_loop(decoder, device)
+    out["sampling_ms"] = 1e3 * statistics.median(timed(sampling, device, repeat=30, warmup=3))
+    try:
+        out["sampling_graph_ms"] = part_ms(sampling, device)
+    except RuntimeError as e:  # an op that cannot be captured: say so, keep the rest
+        out["sampling_graph_ms"] = f"not capturable: {str(e).splitlines()[0][:200]}"
+    if hook is not None:
+        handle = model.get_output_embeddings().register_forward_hook(hook)
+        out["step_hooked_ms"] = part_ms(lambda: decoder._decode_step(windows[-1]), device)
+        handle.remove()
+    out["weight_bytes"] = weight_bytes(weights, head)
+    if device == "cuda":
+        out["copy_bytes_per_s"] = copy_bandwidth(device)
+        out["bound_ms"] = 1e3 * out["weight_bytes"] / out["copy_bytes_per_s"]
+    return out
