@@ -4,11 +4,14 @@ The decode step of `endo_rl.generation.static` is one CUDA-graph replay per toke
 (every layer's projections and the LM head, once per token). This splits the step into parts that are timed
 alone, each captured as its own graph and replayed (median of 30 replays, ms):
 
-- `step_ms[W]`: the decoder's whole step (embedding, every layer, final norm, LM head) at a window of W cache slots;
+- `step_ms[W]`: the decoder's whole step (fused projections, the default; `step_unfused_ms`: at the largest
+  window without them) (embedding, every layer, final norm, LM head) at a window of W cache slots;
 - `matmuls_ms`: the seven projections of every layer and the LM head, `F.linear` on fixed inputs, nothing else:
   how close the GEMMs at M = 64 rows come to the weight read;
 - `matmuls_fused_ms`: the same with Q/K/V and gate/up each one GEMM over concatenated weights (5 per layer);
 - `attention_ms[W]`: every layer's two cache writes and its decode attention over W slots;
+- `attention_variants_ms`: one layer's attention alone, four ways (`attention_variants`), times the layer count,
+  at the middle window, with each variant's largest difference from the decoder's "sdpa";
 - `layers_no_attention_ms`: every layer's two compiled halves with a fixed attention output (norms,
   projections, rotary, SiLU, residuals: the step without attention, embedding and LM head);
 - `sampling_ms`: the per-token work outside the graph (sampling, stop check, buffer updates), eager, per token,
@@ -127,18 +130,41 @@ def sampling_loop(decoder, device: str):
     return run
 
 
+def attention_variants(q, k, v, valid_BS, scale: float) -> dict:
+    """One layer's decode attention written four ways (all [B, H, 1, d]): SDPA with the boolean mask and
+    enable_gqa (the decoder's "sdpa"); with an additive float mask made once per step, not per layer; and each
+    with the G query heads of a KV head as G query rows of that head, K and V read once per KV head."""
+    B, H, _, d = q.shape
+    K = k.shape[1]
+    bias = torch.zeros(valid_BS.shape, dtype=q.dtype, device=q.device).masked_fill(~valid_BS, float("-inf"))
+    masks = {"bool": valid_BS[:, None, None, :], "bias": bias[:, None, None, :]}
+    q_grouped = q.reshape(B, K, H // K, d)
+
+    def sdpa(mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=K != H)
+
+    def grouped(mask):
+        return F.scaled_dot_product_attention(q_grouped, k, v, attn_mask=mask, scale=scale).reshape(
+            B, H, 1, d
+        )
+
+    out = {f"sdpa_{m}": (lambda m=m: sdpa(masks[m])) for m in masks}
+    out.update({f"grouped_{m}": (lambda m=m: grouped(masks[m])) for m in masks})
+    return out
+
+
 def breakdown(model, prompts: list[list[int]], pad_id: int, max_new: int, device: str, hook=None) -> dict:
     """The parts above for `model` decoding `prompts` (64 of them) with room for `max_new` tokens; with `hook`
     (a forward hook for the LM head), also the whole step at the largest window with it (`step_hooked_ms`)."""
     from endo_rl.core.batch import left_pad
     from endo_rl.generation.decode_attention import decode_attention
-    from endo_rl.generation.static import StaticDecoder
+    from endo_rl.generation.static import StaticDecoder, layer_weights
 
     ids, mask = left_pad(prompts[:BATCH], pad_id)
     P = ids.shape[1]
     decoder = StaticDecoder(model, BATCH, max_len=P + max_new, use_cuda_graph=False)
     decoder.prefill(ids.to(device), mask.to(device))
-    weights, head = decoder.weights, model.get_output_embeddings().weight
+    weights, head = decoder.weights, model.get_output_embeddings().weight  # fused: Q/K/V and gate/up stacked
     windows = sorted({w for w in (256, 768, 1280) if w <= decoder.max_len} | {decoder.max_len})
     out: dict = {"batch": BATCH, "prompt_width": P, "windows": windows}
     step, attention = {}, {}
@@ -159,10 +185,20 @@ def breakdown(model, prompts: list[list[int]], pad_id: int, max_new: int, device
 
         attention[width] = part_ms(attend, device)
     out["step_ms"], out["attention_ms"] = step, attention
+    width = windows[len(windows) // 2]
+    k, v = decoder.k_cache[0, :, :, :width], decoder.v_cache[0, :, :, :width]
+    variants = attention_variants(q, k, v, decoder.key_valid_BS[:, :width], head_dim**-0.5)
+    want = variants["sdpa_bool"]().float()
+    out["attention_variants_window"] = width
+    out["attention_variants_ms"], out["attention_variants_max_diff"] = {}, {}
+    for name, fn in variants.items():  # one layer, times the layer count: a per-step figure
+        out["attention_variants_ms"][name] = len(weights) * part_ms(fn, device)
+        out["attention_variants_max_diff"][name] = (fn().float() - want).abs().max().item()
     out["kernels"] = step_kernels(lambda: decoder._decode_step(windows[-1]), device)
     out["kernels"]["window"] = windows[-1]
-    out["matmuls_ms"] = part_ms(matmul_chain(weights, head, fused=False), device)
-    fused = matmul_chain(weights, head, fused=True)
+    separate = [layer_weights(layer) for layer in model.get_decoder().layers]  # the model's own, unfused
+    out["matmuls_ms"] = part_ms(matmul_chain(separate, head, fused=False), device)
+    fused = matmul_chain(separate, head, fused=True)
     out["matmuls_fused_ms"] = part_ms(fused, device)
     del fused
     pre, post = decoder.layer_fns
@@ -187,7 +223,12 @@ def breakdown(model, prompts: list[list[int]], pad_id: int, max_new: int, device
         handle = model.get_output_embeddings().register_forward_hook(hook)
         out["step_hooked_ms"] = part_ms(lambda: decoder._decode_step(windows[-1]), device)
         handle.remove()
-    out["weight_bytes"] = weight_bytes(weights, head)
+    plain = StaticDecoder(model, BATCH, max_len=P + max_new, use_cuda_graph=False, fuse=False)
+    plain.prefill(ids.to(device), mask.to(device))
+    plain.key_valid_BS[:, : windows[-1]] = True
+    plain.slot_1.fill_(windows[-1] - 1)
+    out["step_unfused_ms"] = part_ms(lambda: plain._decode_step(windows[-1]), device)
+    out["weight_bytes"] = weight_bytes(separate, head)
     if device == "cuda":
         out["copy_bytes_per_s"] = copy_bandwidth(device)
         out["bound_ms"] = 1e3 * out["weight_bytes"] / out["copy_bytes_per_s"]

@@ -200,7 +200,7 @@ def phase_breakdown(events, device: str, top: int = 8) -> dict:
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for e in events:
-        if e.device_type != kind or e.name.startswith("phase/") or e.is_python_function:
+        if e.device_type != kind or e.name.startswith("phase/") or getattr(e, "is_python_function", False):
             continue
         phase = next((name for start, end, name in ranges if start <= e.time_range.start < end), "between")
         us = e.time_range.elapsed_us() if kind == DeviceType.CUDA else e.self_cpu_time_total

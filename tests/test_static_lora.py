@@ -36,12 +36,15 @@ def hf_tokens(model):
     return tokens(HFGenerator(model, batch_size=3).generate(PROMPTS, GREEDY, [EOS], PAD))
 
 
-def test_prefill_and_decode_logits_match_the_peft_forward():
+@pytest.mark.parametrize("fuse", [True, False])
+def test_prefill_and_decode_logits_match_the_peft_forward(fuse):
     model = lora_model()
     assert static_decode.supports(model)
     prompts = [[5, 6, 7, 8, 9], [11, 12], [13, 14, 15]]
-    decoder = static_decode.StaticDecoder(model, batch_size=3, max_len=9, window=2)
-    assert len(decoder.lora.buffers) == 2 * 7  # every wrapped projection of both layers, nothing else
+    decoder = static_decode.StaticDecoder(model, batch_size=3, max_len=9, window=2, fuse=fuse)
+    # per layer: every wrapped projection, nothing else; fused, Q/K/V (with their biases) and gate/up stacked
+    per_layer = ["qkv", "qkv_bias", "gate_up", "o_proj", "down_proj"] if fuse else ALL_SEVEN
+    assert sorted(decoder.lora.buffers) == sorted((i, name) for i in range(2) for name in per_layer)
 
     @torch.no_grad()
     def expected(seq):
@@ -81,7 +84,9 @@ def test_generator_follows_adapter_updates_in_place_and_the_disabled_adapter():
 
 def test_decoders_of_all_batch_sizes_share_one_merged_copy():
     model = lora_model(targets=["q_proj", "down_proj"])
-    static = StaticDecoderGenerator(model, batch_size=4, prompt_bucket=4, length_bucket=8, window=4)
+    static = StaticDecoderGenerator(
+        model, batch_size=4, prompt_bucket=4, length_bucket=8, window=4, fuse=False
+    )
     static.generate(PROMPTS, GREEDY, [EOS], PAD)  # batches of 4 and 1: two decoders
     assert sorted(static.decoders) == [1, 4]
     wrapped = [m.base_layer.weight for n, m in model.named_modules() if n.endswith(("q_proj", "down_proj"))]
@@ -93,6 +98,27 @@ def test_decoders_of_all_batch_sizes_share_one_merged_copy():
             decoder.weights[0].wk.data_ptr()
             == model.get_decoder().layers[0].self_attn.k_proj.weight.data_ptr()
         )
+
+
+def test_fused_projections_are_one_copy_shared_by_all_decoders():
+    model = lora_model(targets=["q_proj", "down_proj"])
+    static = StaticDecoderGenerator(model, batch_size=4, prompt_bucket=4, length_bucket=8, window=4)
+    assert tokens(static.generate(PROMPTS, GREEDY, [EOS], PAD)) == hf_tokens(model)
+    layers = model.get_decoder().layers
+    attn, mlp = layers[0].self_attn, layers[0].mlp
+    stacked = [attn.q_proj.base_layer.weight, attn.k_proj.weight, attn.v_proj.weight]
+    per_layer = sum(
+        w.numel() * w.element_size() for w in [*stacked, mlp.gate_proj.weight, mlp.up_proj.weight]
+    )
+    per_layer += sum(b.numel() * b.element_size() for b in (attn.q_proj.base_layer.bias, attn.k_proj.bias))
+    per_layer += attn.v_proj.bias.numel() * attn.v_proj.bias.element_size()
+    per_layer += mlp.down_proj.base_layer.weight.numel() * mlp.down_proj.base_layer.weight.element_size()
+    assert static.lora.nbytes() == len(layers) * per_layer
+    for decoder in static.decoders.values():
+        w = decoder.weights[0]
+        assert decoder.lora is static.lora and w.wq is None and w.wg is None
+        assert w.wqkv.data_ptr() == static.lora.buffers[(0, "qkv")].data_ptr()
+        assert w.wgu.data_ptr() == static.lora.buffers[(0, "gate_up")].data_ptr()
 
 
 def test_merged_adapter_is_not_added_twice():

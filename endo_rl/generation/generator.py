@@ -111,6 +111,7 @@ class StaticDecoderGenerator:
         use_cuda_graph: bool = True,
         compile: bool | str | object = True,
         attention: str = "sdpa",
+        fuse: bool = True,
     ):
         if not static_decode.supports(model):
             raise ValueError(
@@ -122,8 +123,9 @@ class StaticDecoderGenerator:
         self.use_cuda_graph, self.compile, self.attention = use_cuda_graph, compile, attention
         self.decoders: dict[int, static_decode.StaticDecoder] = {}
         """One decoder per batch bucket; its cache only grows."""
-        self.lora = LoraMerge()
-        """LoRA-wrapped projections' merged weights: one copy shared by every bucket's decoder."""
+        self.lora = LoraMerge(fuse)
+        """LoRA-wrapped projections' merged weights and the fused projections (`fuse`): one copy shared by every
+        bucket's decoder."""
         self.lora.refresh(model)
 
     def batch_bucket(self, n: int) -> int:

@@ -3,13 +3,18 @@
 HF `generate` with its dynamic cache spends most of a decode step in Python and small kernel launches
 (about 20 ms per token at 7B on an H200 against a 3.5 ms weight-read floor). Here the decode step has fixed
 shapes (batch, one token, the whole cache length), so on CUDA it is captured once as a CUDA graph and replayed:
-one launch per token. The model's own modules do the projections, norms, MLPs and rotary tables; only the
-attention over the static cache and the cache writes are ours.
+one launch per token. The prefill runs the model's own modules; a decode step reads the model's weights directly
+(norms, projections, MLP, rotary tables, LM head), with our attention over the static cache and our cache writes.
+
+Fused projections (default): a decode step reads Q/K/V as one stacked weight and gate/up as another, one GEMM
+each instead of three and two (at batch 64 the separate K and V GEMMs are too small to stream their weights at
+full bandwidth). The stacked copies live in buffers (`lora_merge.LoraMerge`) that `sync_weights` rewrites in
+place after each weight update, so captured graphs stay valid.
 
 LoRA: a projection wrapped in a PEFT LoRA layer is decoded with its effective weight W + scaling * B @ A
-(base weight alone while adapters are disabled), kept in a decoder-owned buffer (`lora_merge.LoraMerge`) that
-`sync_weights` rewrites in place, so captured graphs stay valid as the adapter trains. The prefill runs the
-wrapped modules themselves.
+(base weight alone while adapters are disabled), kept in the same kind of buffer (inside the stacked one when
+fused), rewritten in place by `sync_weights` as the adapter trains. The prefill runs the wrapped modules
+themselves.
 
 Prompts are left-padded; cache slot s holds the token at padded column s. A key is visible when it is not
 padding and not in the future, kept in `key_valid_BS`, which the graph reads from a fixed buffer.
@@ -28,7 +33,7 @@ import torch.nn.functional as F
 
 from endo_rl.core.batch import left_pad
 from endo_rl.generation.decode_attention import check_attention, decode_attention, distinct_rows
-from endo_rl.generation.lora_merge import LoraMerge, is_lora_linear, mergeable, projections
+from endo_rl.generation.lora_merge import FUSED, LoraMerge, is_lora_linear, mergeable, projections
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 
@@ -58,37 +63,45 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class LayerWeights(NamedTuple):
-    """One decoder layer's tensors, passed as arguments so one compiled function serves every layer."""
+    """One decoder layer's tensors, passed as arguments so one compiled function serves every layer.
+
+    With fused projections (`LoraMerge(fuse=True)`), `wqkv` / `bqkv` hold Q, K and V stacked by rows and `wgu`
+    gate and up, and the separate fields they replace are None."""
 
     ln1: torch.Tensor
-    wq: torch.Tensor
+    wq: torch.Tensor | None
     bq: torch.Tensor | None
-    wk: torch.Tensor
+    wk: torch.Tensor | None
     bk: torch.Tensor | None
-    wv: torch.Tensor
+    wv: torch.Tensor | None
     bv: torch.Tensor | None
     wo: torch.Tensor
     ln2: torch.Tensor
-    wg: torch.Tensor
-    wu: torch.Tensor
+    wg: torch.Tensor | None
+    wu: torch.Tensor | None
     wd: torch.Tensor
+    wqkv: torch.Tensor | None = None
+    bqkv: torch.Tensor | None = None
+    wgu: torch.Tensor | None = None
 
 
 def layer_weights(layer: torch.nn.Module, merged: dict[str, torch.Tensor] | None = None) -> LayerWeights:
     """The layer's tensors, detached; `merged` maps a LoRA-wrapped projection's name to its effective weight
-    (its bias stays the base layer's)."""
+    (its bias stays the base layer's) and "qkv" / "qkv_bias" / "gate_up" to fused weights (`LoraMerge`)."""
     merged = merged or {}
     p = projections(layer)
-    if missing := [n for n, m in p.items() if is_lora_linear(m) and n not in merged]:
+    covered = {part for name, parts in FUSED.items() if name in merged for part in parts}
+    if missing := [n for n, m in p.items() if is_lora_linear(m) and n not in merged and n not in covered]:
         raise ValueError(f"LoRA-wrapped {missing} without a merged weight: refresh the LoraMerge first")
     base = {n: m.base_layer if is_lora_linear(m) else m for n, m in p.items()}
-    w = {n: merged[n] if n in merged else base[n].weight for n in p}
-    b = {n: base[n].bias for n in ("q_proj", "k_proj", "v_proj")}
+    w = {n: None if n in covered else merged.get(n, base[n].weight) for n in p}
+    b = {n: None if n in covered else base[n].bias for n in ("q_proj", "k_proj", "v_proj")}
     tensors = (
         layer.input_layernorm.weight,
         *(w["q_proj"], b["q_proj"], w["k_proj"], b["k_proj"], w["v_proj"], b["v_proj"], w["o_proj"]),
         layer.post_attention_layernorm.weight,
         *(w["gate_proj"], w["up_proj"], w["down_proj"]),
+        *(merged.get("qkv"), merged.get("qkv_bias"), merged.get("gate_up")),
     )
     return LayerWeights(*(None if t is None else t.detach() for t in tensors))
 
@@ -108,9 +121,15 @@ def pre_attention(x_B1D, w: LayerWeights, cos_B1d, sin_B1d, dims, eps):
     n_heads, n_kv, head_dim = dims
     B = x_B1D.shape[0]
     h = rms_norm(x_B1D, w.ln1, eps)
-    q = F.linear(h, w.wq, w.bq).view(B, 1, n_heads, head_dim).transpose(1, 2)
-    k = F.linear(h, w.wk, w.bk).view(B, 1, n_kv, head_dim).transpose(1, 2)
-    v = F.linear(h, w.wv, w.bv).view(B, 1, n_kv, head_dim).transpose(1, 2)
+    if w.wqkv is not None:
+        q, k, v = F.linear(h, w.wqkv, w.bqkv).split(
+            [n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], -1
+        )
+    else:
+        q, k, v = F.linear(h, w.wq, w.bq), F.linear(h, w.wk, w.bk), F.linear(h, w.wv, w.bv)
+    q = q.reshape(B, 1, n_heads, head_dim).transpose(1, 2)
+    k = k.reshape(B, 1, n_kv, head_dim).transpose(1, 2)
+    v = v.reshape(B, 1, n_kv, head_dim).transpose(1, 2)
     cos, sin = cos_B1d.unsqueeze(1), sin_B1d.unsqueeze(1)
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
 
@@ -120,7 +139,10 @@ def post_attention(x_B1D, attn_BH1d, w: LayerWeights, eps):
     B = x_B1D.shape[0]
     x_B1D = x_B1D + F.linear(attn_BH1d.transpose(1, 2).reshape(B, 1, -1), w.wo)
     h = rms_norm(x_B1D, w.ln2, eps)
-    return x_B1D + F.linear(F.silu(F.linear(h, w.wg)) * F.linear(h, w.wu), w.wd)
+    gate, up = (
+        F.linear(h, w.wgu).chunk(2, -1) if w.wgu is not None else (F.linear(h, w.wg), F.linear(h, w.wu))
+    )
+    return x_B1D + F.linear(F.silu(gate) * up, w.wd)
 
 
 def decode_layer(
@@ -186,8 +208,9 @@ class StaticDecoder:
     moved to new storage (e.g. ZeRO-3 gathering them anew).
 
     `compile`: False (eager), True (inductor on CUDA, eager elsewhere) or a torch.compile backend.
-    `lora`: the merged LoRA weights (see the module docstring) shared with other decoders of the same model; its
-    owner refreshes it. By default the decoder owns one and refreshes it in `sync_weights`.
+    `lora`: the merged LoRA weights and fused projections (see the module docstring) shared with other decoders
+    of the same model; its owner refreshes it. By default the decoder owns one (fused projections unless
+    `fuse=False`) and refreshes it in `sync_weights`.
     `attention`: the decode step's attention, "sdpa" (default), "gqa" or "flex" (see `decode_attention`).
     """
 
@@ -201,6 +224,7 @@ class StaticDecoder:
         window: int = 128,
         lora: LoraMerge | None = None,
         attention: str = "sdpa",
+        fuse: bool = True,
     ):
         check_attention(attention)
         cfg = model.config
@@ -229,7 +253,7 @@ class StaticDecoder:
             compile = "inductor" if self.device.type == "cuda" else False
         self.layer_fns = compiled_layer_fns(compile) if compile else (pre_attention, post_attention)
         self._bound: tuple[int, ...] | None = None
-        self.lora, self._owns_lora = (LoraMerge() if lora is None else lora), lora is None
+        self.lora, self._owns_lora = (LoraMerge(fuse) if lora is None else lora), lora is None
         self.dedup_prefill = True  # prefill each distinct prompt once (GRPO repeats each group_size times)
         self.sync_weights(model)
 
