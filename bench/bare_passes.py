@@ -26,7 +26,7 @@ def response_logits(model, batch) -> torch.Tensor:
     """The trunk once, the LM head at the response-predicting positions only: [response tokens, V]."""
     hidden_BTD = model.get_decoder()(
         input_ids=batch.input_ids_BT,
-        attention_mask=batch.attention_mask_BT,
+        attention_mask=batch.decoder_mask(),
         position_ids=batch.position_ids_BT,
         use_cache=False,
     ).last_hidden_state

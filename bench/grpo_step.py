@@ -168,7 +168,7 @@ def part_reference(args: argparse.Namespace, model, tokenizer) -> dict:
     batch = pack(prompt_ids(args, tokenizer, n), responses, pad_id=0).to(args.device)
     kwargs = dict(
         input_ids=batch.input_ids_BT,
-        attention_mask=batch.attention_mask_BT,
+        attention_mask=batch.decoder_mask(),
         position_ids=batch.position_ids_BT,
         use_cache=False,
     )

@@ -42,8 +42,8 @@ def test_prefill_and_decode_logits_match_the_peft_forward(fuse):
     assert static_decode.supports(model)
     prompts = [[5, 6, 7, 8, 9], [11, 12], [13, 14, 15]]
     decoder = static_decode.StaticDecoder(model, batch_size=3, max_len=9, window=2, fuse=fuse)
-    # per layer: every wrapped projection, nothing else; fused, Q/K/V (with their biases) and gate/up stacked
-    per_layer = ["qkv", "qkv_bias", "gate_up", "o_proj", "down_proj"] if fuse else ALL_SEVEN
+    # per layer: every wrapped projection, nothing else; fused, Q/K/V (with their biases) stacked
+    per_layer = ["qkv", "qkv_bias", "o_proj", "gate_proj", "up_proj", "down_proj"] if fuse else ALL_SEVEN
     assert sorted(decoder.lora.buffers) == sorted((i, name) for i in range(2) for name in per_layer)
 
     @torch.no_grad()
@@ -107,18 +107,16 @@ def test_fused_projections_are_one_copy_shared_by_all_decoders():
     layers = model.get_decoder().layers
     attn, mlp = layers[0].self_attn, layers[0].mlp
     stacked = [attn.q_proj.base_layer.weight, attn.k_proj.weight, attn.v_proj.weight]
-    per_layer = sum(
-        w.numel() * w.element_size() for w in [*stacked, mlp.gate_proj.weight, mlp.up_proj.weight]
-    )
+    per_layer = sum(w.numel() * w.element_size() for w in stacked)
     per_layer += sum(b.numel() * b.element_size() for b in (attn.q_proj.base_layer.bias, attn.k_proj.bias))
     per_layer += attn.v_proj.bias.numel() * attn.v_proj.bias.element_size()
     per_layer += mlp.down_proj.base_layer.weight.numel() * mlp.down_proj.base_layer.weight.element_size()
     assert static.lora.nbytes() == len(layers) * per_layer
     for decoder in static.decoders.values():
         w = decoder.weights[0]
-        assert decoder.lora is static.lora and w.wq is None and w.wg is None
+        assert decoder.lora is static.lora and w.wq is None and w.wk is None and w.bv is None
         assert w.wqkv.data_ptr() == static.lora.buffers[(0, "qkv")].data_ptr()
-        assert w.wgu.data_ptr() == static.lora.buffers[(0, "gate_up")].data_ptr()
+        assert w.wg.data_ptr() == mlp.gate_proj.weight.data_ptr()  # not stacked: read in place
 
 
 def test_merged_adapter_is_not_added_twice():

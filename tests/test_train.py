@@ -198,13 +198,20 @@ def test_lora_policy_generates_with_the_static_decoder(tiny_model_dir, tmp_path)
     assert generator.decoders and all(d.attention == "flex" for d in generator.decoders.values())
     generator.sync_weights(lm)
     layers = lm.get_decoder().layers
-    wrapped = ["down_proj", "q_proj", "v_proj"]
-    assert sorted(generator.lora.buffers) == [(i, n) for i in range(len(layers)) for n in wrapped]
-    for (i, name), merged in generator.lora.buffers.items():
-        module = getattr(layers[i].mlp if name == "down_proj" else layers[i].self_attn, name)
-        delta = module.get_delta_weight("default")  # PEFT's own scaling * B @ A
-        assert delta.abs().max() > 0  # the adapter trained (B starts at zero)
-        torch.testing.assert_close(merged, module.base_layer.weight + delta)
+    # down_proj merged on its own; q and v (wrapped) with k (not) inside the stacked Q/K/V weight and bias
+    per_layer = ["down_proj", "qkv", "qkv_bias"]
+    assert sorted(generator.lora.buffers) == [(i, n) for i in range(len(layers)) for n in per_layer]
+    for i, layer in enumerate(layers):
+        attn = layer.self_attn
+        want = []
+        for module in (layer.mlp.down_proj, attn.q_proj, attn.v_proj):
+            delta = module.get_delta_weight("default")  # PEFT's own scaling * B @ A
+            assert delta.abs().max() > 0  # the adapter trained (B starts at zero)
+            want.append(module.base_layer.weight + delta)
+        torch.testing.assert_close(generator.lora.buffers[(i, "down_proj")], want[0])
+        torch.testing.assert_close(
+            generator.lora.buffers[(i, "qkv")], torch.cat([want[1], attn.k_proj.weight, want[2]])
+        )
 
 
 def test_lora_checkpoint_holds_only_trainable_tensors_and_resumes_exactly(tiny_model_dir, tmp_path):

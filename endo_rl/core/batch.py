@@ -29,9 +29,22 @@ class PackedBatch:
     """Response tokens in response layout (pad id past each response)."""
     final_index_B: torch.Tensor
     """Position of each row's last response token: its output is z_{H+1}, the state after the response."""
+    right_padded: bool = False
+    """Every row's tokens at columns [0, length): causal attention alone is exact (`decoder_mask`)."""
 
     def to(self, device: torch.device | str) -> PackedBatch:
-        return PackedBatch(**{k: v.to(device) for k, v in vars(self).items()})
+        return PackedBatch(
+            **{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+        )
+
+    def decoder_mask(self) -> torch.Tensor | None:
+        """The attention mask to give the decoder: None for a right-padded batch, the mask otherwise.
+
+        With every row's tokens at columns [0, length), a real token attends only to earlier columns, all of them
+        real, so the padding mask changes nothing that is read (pad columns' outputs are never gathered). Without
+        a mask the decoder's attention is plain causal: SDPA's is_causal, which its flash kernel serves, and no
+        [B, 1, T, T] mask to build. Left padding needs the mask."""
+        return None if self.right_padded else self.attention_mask_BT
 
 
 def pack(
@@ -79,6 +92,7 @@ def pack(
         response_mask_BL,
         response_ids_BL,
         final_index_B,
+        right_padded=padding_side == "right",
     )
 
 

@@ -80,8 +80,11 @@ def effective_weight_(out: torch.Tensor, module) -> torch.Tensor:
     return out.copy_(acc)
 
 
-FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "gate_up": ("gate_proj", "up_proj")}
-"""Projections that read the same input, decoded as one matmul over their weights stacked by rows."""
+FUSED = {"qkv": ("q_proj", "k_proj", "v_proj")}
+"""Projections that read the same input, decoded as one matmul over their weights stacked by rows. Gate and up
+are not stacked: at batch 64 each of their GEMMs already streams its weight at the copy bandwidth (one H200, 7B
+shape: 2.00 ms of kernels per step stacked vs 1.98 ms apart, `bench/decode_breakdown.py`), and the copy would
+cost 7.6 GB at 7B. Q/K/V stacked cost 0.9 GB at 7B."""
 
 
 def _base(module: torch.nn.Module) -> torch.nn.Linear:
@@ -92,10 +95,10 @@ class LoraMerge:
     """The weights the static decoder reads in place of a model's own, keyed by (layer index, name):
 
     - each LoRA-wrapped projection's effective weight (key: the projection's name);
-    - with `fuse` (default), Q/K/V and gate/up stacked by rows into one weight each (keys "qkv", "gate_up"; Q/K/V's
-      biases as "qkv_bias"), each part the projection's effective weight, so a decode step reads them in one
-      matmul instead of three or two (fewer, larger GEMMs at batch 64: measured in `bench/decode_breakdown.py`).
-      This costs a copy of those weights (about 8.5 GB at 7B in bf16) and one device copy per `refresh`.
+    - with `fuse` (default), Q/K/V stacked by rows into one weight (key "qkv"; their biases "qkv_bias"), each
+      part the projection's effective weight, so a decode step reads them in one matmul instead of three (at
+      batch 64 the separate K and V GEMMs are too small to stream their weights at full bandwidth; see `FUSED`).
+      This costs a copy of those weights (0.9 GB at 7B in bf16) and one device copy per `refresh`.
 
     One instance may serve several decoders of the same model (one copy, however many batch sizes): whoever owns
     it calls `refresh` once per weight update; the decoders read `buffers`.

@@ -6,10 +6,10 @@ shapes (batch, one token, the whole cache length), so on CUDA it is captured onc
 one launch per token. The prefill runs the model's own modules; a decode step reads the model's weights directly
 (norms, projections, MLP, rotary tables, LM head), with our attention over the static cache and our cache writes.
 
-Fused projections (default): a decode step reads Q/K/V as one stacked weight and gate/up as another, one GEMM
-each instead of three and two (at batch 64 the separate K and V GEMMs are too small to stream their weights at
-full bandwidth). The stacked copies live in buffers (`lora_merge.LoraMerge`) that `sync_weights` rewrites in
-place after each weight update, so captured graphs stay valid.
+Fused projections (default): a decode step reads Q/K/V as one stacked weight, one GEMM instead of three (at
+batch 64 the separate K and V GEMMs are too small to stream their weights at full bandwidth). The stacked copy
+lives in a buffer (`lora_merge.LoraMerge`) that `sync_weights` rewrites in place after each weight update, so
+captured graphs stay valid.
 
 LoRA: a projection wrapped in a PEFT LoRA layer is decoded with its effective weight W + scaling * B @ A
 (base weight alone while adapters are disabled), kept in the same kind of buffer (inside the stacked one when
@@ -65,8 +65,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class LayerWeights(NamedTuple):
     """One decoder layer's tensors, passed as arguments so one compiled function serves every layer.
 
-    With fused projections (`LoraMerge(fuse=True)`), `wqkv` / `bqkv` hold Q, K and V stacked by rows and `wgu`
-    gate and up, and the separate fields they replace are None."""
+    With fused projections (`LoraMerge(fuse=True)`), `wqkv` / `bqkv` hold Q, K and V stacked by rows and the
+    separate fields they replace are None; `wgu` (gate and up stacked) is read when given (no `FUSED` group
+    makes it today)."""
 
     ln1: torch.Tensor
     wq: torch.Tensor | None
@@ -87,7 +88,7 @@ class LayerWeights(NamedTuple):
 
 def layer_weights(layer: torch.nn.Module, merged: dict[str, torch.Tensor] | None = None) -> LayerWeights:
     """The layer's tensors, detached; `merged` maps a LoRA-wrapped projection's name to its effective weight
-    (its bias stays the base layer's) and "qkv" / "qkv_bias" / "gate_up" to fused weights (`LoraMerge`)."""
+    (its bias stays the base layer's) and "qkv" / "qkv_bias" (/ "gate_up") to stacked weights (`LoraMerge`)."""
     merged = merged or {}
     p = projections(layer)
     covered = {part for name, parts in FUSED.items() if name in merged for part in parts}

@@ -76,7 +76,7 @@ def final_hidden_states(model: torch.nn.Module, batch: PackedBatch) -> torch.Ten
     """The decoder's last hidden state (after the final norm), [B, T, D]; the LM head is not applied."""
     out = model.get_decoder()(
         input_ids=batch.input_ids_BT,
-        attention_mask=batch.attention_mask_BT,
+        attention_mask=batch.decoder_mask(),
         position_ids=batch.position_ids_BT,
         use_cache=False,
     )
@@ -141,7 +141,7 @@ def naive_reference_forward(
     """Same outputs via the model's full [B, T, V] logits upcast to float32 (memory-hungry reference path)."""
     logits_BTV = model(
         input_ids=batch.input_ids_BT,
-        attention_mask=batch.attention_mask_BT,
+        attention_mask=batch.decoder_mask(),
         position_ids=batch.position_ids_BT,
         use_cache=False,
     ).logits

@@ -13,9 +13,32 @@ Shape legend: B batch, T sequence, L response length, D hidden, V vocab, N respo
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+
+@contextlib.contextmanager
+def without_cudnn_attention():
+    """SDPA without its cuDNN backend inside the block (process-wide: the autograd thread's backward and
+    checkpoint recompute see it too), restored after; the trainer's reference, old-log-prob and update passes.
+
+    cuDNN's attention builds an execution graph per new input shape and caches it. The passes' micro-batches
+    have a new padded length almost every time, so they paid that build again and again: on one H200 (7B shape,
+    realistic step, 2026-11-30) the device sat idle for 0.83 s of a 4.4 s update and 0.21 s of a 1.0 s reference
+    pass while the host was inside cuDNN's attention forward and backward (`bench/profile_step.py`'s idle
+    charges). Right-padded batches run causal attention without a mask (`PackedBatch.decoder_mask`), which
+    SDPA's flash kernel serves with no per-shape setup. Decoding keeps cuDNN: its shapes are fixed per
+    CUDA graph.
+    """
+    enabled = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
 
 
 def _hidden_size(lm: nn.Module) -> int:
@@ -54,17 +77,19 @@ class PolicyModel(nn.Module):
         response_mask_BL: torch.Tensor,
         response_ids_BL: torch.Tensor,
         final_index_B: torch.Tensor,
+        right_padded: bool = False,
         temperature: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """Per response token: log-probs (with grad), entropy (no grad) and values; zero outside the mask.
 
         Log-probs and entropy are those of softmax(logits / temperature), the distribution rollouts are sampled
         from. With a value head, `final_values_B` is V(s_{H+1}), the value after each row's last token (what a
-        response cut at the token limit bootstraps with).
+        response cut at the token limit bootstraps with). The arguments are a `PackedBatch`'s fields: a
+        right-padded batch runs without its attention mask (`PackedBatch.decoder_mask`).
         """
         hidden_BTD = self.lm.get_decoder()(
             input_ids=input_ids_BT,
-            attention_mask=attention_mask_BT,
+            attention_mask=None if right_padded else attention_mask_BT,
             position_ids=position_ids_BT,
             use_cache=False,
         ).last_hidden_state

@@ -38,6 +38,7 @@ from endo_rl.rl import setup as train_setup
 from endo_rl.rl.data import Prompt, PromptOrder, load_prompts, process_share
 from endo_rl.rl.evals import PeriodicEval, TrainEval
 from endo_rl.rl.nonfinite import NonFiniteError, NonFiniteGuard
+from endo_rl.rl.policy import without_cudnn_attention
 from endo_rl.rl.run_log import RunLog
 from endo_rl.rl.update import PolicyUpdate, local_mini_batch, loss_temperature
 
@@ -192,7 +193,7 @@ class Trainer:
         if not self.guard.bad(
             {"rewards": rollout.rewards_BL, "advantages": rollout.advantages_BL}, self.step + 1
         ):
-            with self._timed("update"):
+            with self._timed("update"), without_cudnn_attention():
                 update = self.update(rollout, self.pad_id, self.guard, self.step + 1)
         return self._metrics(rollout, update, time.perf_counter() - start)
 
@@ -231,13 +232,13 @@ class Trainer:
             )
         response_ids = [c.token_ids for c in completions]
         truncated_B = torch.tensor([c.truncated for c in completions])
-        with self._timed("reference"), self._reference(policy) as ref_lm:
+        with self._timed("reference"), without_cudnn_attention(), self._reference(policy) as ref_lm:
             ref_logprobs_BL, endogenous_BL = self._reference_pass(ref_lm, prompts, response_ids, truncated_B)
         mask_BL = rl.response_mask(response_ids)
         rollout = rl.Rollout(prompt_ids, response_ids, truncated_B, mask_BL, ref_logprobs_BL, endogenous_BL)
         rollout.loss_mask_BL = truncation.loss_mask(mask_BL, truncated_B, self.truncation)
         if self._needs_old_pass():
-            with self._timed("old_logprobs"):
+            with self._timed("old_logprobs"), without_cudnn_attention():
                 old = rl.policy_pass(
                     policy,
                     self.accelerator.device,
