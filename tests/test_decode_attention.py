@@ -186,3 +186,18 @@ def test_compiled_flex_compiles_at_most_three_times_per_batch_size(monkeypatch):
     assert counts[2] <= 3 and counts[4] - counts[2] <= 3, counts
     # a third batch size compiles too: the batch stays static (as flex decoding needs), never symbolic
     assert counts[5] > counts[4], counts
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "gqa", "flex"])
+def test_the_step_mask_gives_what_the_boolean_mask_gives(attention):
+    from endo_rl.generation.decode_attention import step_mask
+
+    q, k, v, valid = inputs(3, 14, 2, 9, 8, torch.float64)
+    mask = step_mask(valid, attention, torch.float64)
+    if attention == "sdpa":  # additive, made once per step: 0 where visible, -inf elsewhere
+        assert mask.shape == (3, 1, 1, 9) and mask.dtype == torch.float64
+        assert torch.equal(mask[:, 0, 0] == 0, valid) and bool(mask[:, 0, 0][~valid].eq(float("-inf")).all())
+    else:  # the boolean mask itself
+        assert mask is valid
+    got = decode_attention(q, k, v, mask, (14, 2, 8), attention)
+    torch.testing.assert_close(got, brute_force_BH1d(q, k, v, valid, 8**-0.5), rtol=1e-10, atol=1e-10)

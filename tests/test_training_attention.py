@@ -25,6 +25,12 @@ def test_a_right_padded_batch_drops_its_mask_and_a_left_padded_one_keeps_it():
     left = pack(prompts, responses, PAD, padding_side="left")
     assert not left.right_padded and left.decoder_mask() is left.attention_mask_BT
     assert right.to("cpu").right_padded and not left.to("cpu").right_padded
+    # positions run on through the padding: transformers sees one sequence per row, not packed ones to mask
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    T = right.input_ids_BT.shape[1]
+    assert torch.equal(right.position_ids_BT, torch.arange(T).expand(len(prompts), T))
+    assert find_packed_sequence_indices(right.position_ids_BT) is None
 
 
 def test_reference_forward_without_the_mask_equals_the_masked_one():

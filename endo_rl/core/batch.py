@@ -43,7 +43,9 @@ class PackedBatch:
         With every row's tokens at columns [0, length), a real token attends only to earlier columns, all of them
         real, so the padding mask changes nothing that is read (pad columns' outputs are never gathered). Without
         a mask the decoder's attention is plain causal: SDPA's is_causal, which its flash kernel serves, and no
-        [B, 1, T, T] mask to build. Left padding needs the mask."""
+        [B, 1, T, T] mask to build. Position ids run on through a right-padded row's padding (0, 1, ..., T - 1):
+        a row whose positions restart at 0 would look to transformers like packed sequences, and it would build a
+        block-diagonal mask after all. Left padding needs the mask."""
         return None if self.right_padded else self.attention_mask_BT
 
 
@@ -78,7 +80,10 @@ def pack(
         seq = torch.tensor(list(p) + list(r), dtype=torch.long)
         input_ids_BT[b, offset : offset + lengths[b]] = seq
         attention_mask_BT[b, offset : offset + lengths[b]] = 1
-        position_ids_BT[b, offset : offset + lengths[b]] = torch.arange(lengths[b])
+        if padding_side == "right":  # positions run on through the padding: see `decoder_mask`
+            position_ids_BT[b] = torch.arange(T)
+        else:
+            position_ids_BT[b, offset : offset + lengths[b]] = torch.arange(lengths[b])
         first_predictor = offset + len(p) - 1
         predictor_index_BL[b] = torch.arange(first_predictor, first_predictor + L).clamp(max=T - 1)
         response_ids_BL[b, : len(r)] = torch.tensor(r, dtype=torch.long)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from endo_rl.core.batch import left_pad
-from endo_rl.generation.decode_attention import check_attention, decode_attention, distinct_rows
+from endo_rl.generation.decode_attention import check_attention, decode_attention, distinct_rows, step_mask
 from endo_rl.generation.lora_merge import FUSED, LoraMerge, is_lora_linear, mergeable, projections
 
 SUPPORTED = ("llama", "qwen2", "mistral")
@@ -330,7 +330,8 @@ class StaticDecoder:
     def _decode_step(self, width: int) -> torch.Tensor:
         """One token per row, attending to cache slots [0, width)."""
         self.key_valid_BS.index_fill_(1, self.slot_1, True)
-        rest = (self.slot_1, self.key_valid_BS[:, :width], self.dims, self.eps, self.attention)
+        mask = step_mask(self.key_valid_BS[:, :width], self.attention, self.dtype)  # once for every layer
+        rest = (self.slot_1, mask, self.dims, self.eps, self.attention)
         x = self.backbone.embed_tokens(self.token_B1)
         cos, sin = self.backbone.rotary_emb(x, self.position_B1)
         for i, w in enumerate(self.weights):
