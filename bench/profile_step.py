@@ -18,8 +18,9 @@ import torch
 from torch.autograd import DeviceType
 
 CATEGORIES = (  # first match wins; kernel names of cuBLAS/cuBLASLt, CUTLASS, SDPA's backends, Triton
-    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "matmul", "addmm", "aten::mm", "aten::bmm")),
+    # attention first: SDPA's memory-efficient kernels are CUTLASS ones ("fmha_cutlassF...")
     ("attention", ("fmha", "flash", "attention", "efficient")),
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "matmul", "addmm", "aten::mm", "aten::bmm")),
     ("softmax", ("softmax",)),  # the LM head's log-softmax over the vocabulary, SDPA's math fallback
     ("copy", ("memcpy", "memset")),
 )

@@ -132,3 +132,16 @@ def test_a_profiled_phase_charges_its_idle_time_to_the_host():
     seconds, gaps, label = profile_phases(step, "cpu", stack=True)["update"]["idle_by_host_op"][0]
     assert seconds >= 0.05 and label.startswith("<built-in function sleep>")
     assert out["gaps_by_size"][">1ms"][0] >= 1
+
+
+def test_kernel_names_fall_in_their_categories():
+    from profile_step import category
+
+    assert (
+        category("fmha_cutlassB_bf16_aligned_128x128_k128_sm80(PyTorchMemEffAttention::...)") == "attention"
+    )
+    assert category("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128>>") == "attention"
+    assert category("cudnn_generated_fort_native_sdpa_sm80_flash_fprop_wmma_f16") == "attention"
+    assert category("nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NTN") == "matmul"
+    assert category("void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm_relu_bf16>") == "matmul"
+    assert category("void at::native::vectorized_elementwise_kernel<8, CUDAFunctor_add>") == "other"
