@@ -9,7 +9,8 @@
 # env: A, STEPS (default 4), B_PART (ours or trl), AB, B_STEPS (default $STEPS), LABEL (the B side's file name,
 #      default mb16), BASE (flags for every part; a CPU dry run:
 #      BASE="--shape tiny --device cpu --max-new-tokens 16" STEPS=1 bash bench/realistic_diag_gpu.sh OUT)
-# As run: call 1 (2026-11-30) with the defaults; call 2 with
+# As run (2026-11-30, BENCHMARKS.md section 1, bench/results/h200x2_realistic_v4/): call 1 (29a9157) and call 3
+#      (a728b05) with the defaults; call 2 (ef765e7) with
 #      A="--micro-batch 16" B_PART=trl AB="--micro-batch 16" B_STEPS=1 LABEL=trl_mb16
 set -u
 OUT=$1
