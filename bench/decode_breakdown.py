@@ -158,7 +158,8 @@ def breakdown(model, prompts: list[list[int]], pad_id: int, max_new: int, device
     (a forward hook for the LM head), also the whole step at the largest window with it (`step_hooked_ms`)."""
     from endo_rl.core.batch import left_pad
     from endo_rl.generation.decode_attention import decode_attention
-    from endo_rl.generation.static import StaticDecoder, layer_weights
+    from endo_rl.generation.decode_layer import layer_weights
+    from endo_rl.generation.static import StaticDecoder
 
     ids, mask = left_pad(prompts[:BATCH], pad_id)
     P = ids.shape[1]

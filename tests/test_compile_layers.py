@@ -18,7 +18,7 @@ from torch._dynamo.utils import counters
 from endo_rl.core import config, models
 from endo_rl.core.batch import pack
 from endo_rl.core.errors import UserError
-from endo_rl.generation import static
+from endo_rl.generation.decode_layer import layer_weights
 from endo_rl.reward.reference import reference_forward
 from endo_rl.rl import setup
 from endo_rl.rl.policy import PolicyModel
@@ -66,7 +66,7 @@ def test_layers_compile_in_place_keeping_names_and_the_static_decoders_weights()
     assert list(lm.state_dict()) == keys
     assert all(layer._compiled_call_impl is not None for layer in lm.get_decoder().layers)
     for layer, plain in zip(lm.get_decoder().layers, eager.get_decoder().layers):
-        for got, want in zip(static.layer_weights(layer), static.layer_weights(plain)):
+        for got, want in zip(layer_weights(layer), layer_weights(plain)):
             assert (got is None and want is None) or torch.equal(got, want)
 
 
