@@ -116,29 +116,39 @@ class LoraMerge:
             self.buffers[key] = buf = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buf
 
+    def _refresh_stacked(self, i: int, name: str, parts: list[torch.nn.Module]) -> list[tuple[int, str]]:
+        """Layer i's `parts` stacked by rows into buffer (i, name), their biases into (i, name_bias) when any has
+        one (zeros for those without); returns the keys written."""
+        weights = [_base(m).weight for m in parts]
+        rows = [w.shape[0] for w in weights]
+        stacked = self._buffer((i, name), weights[0], sum(rows))
+        for part, out in zip(parts, stacked.split(rows), strict=True):
+            if is_lora_linear(part):
+                effective_weight_(out, part)
+            else:
+                out.copy_(part.weight)
+        biases = [_base(m).bias for m in parts]
+        if all(b is None for b in biases):
+            return [(i, name)]
+        stacked_bias = self._buffer((i, f"{name}_bias"), weights[0][0], sum(rows))
+        for bias, out in zip(biases, stacked_bias.split(rows), strict=True):
+            if bias is None:
+                out.zero_()
+            else:
+                out.copy_(bias)
+        return [(i, name), (i, f"{name}_bias")]
+
     @torch.no_grad()
     def refresh(self, model: torch.nn.Module) -> None:
         """Recompute every buffer from the model's current weights, in place where a buffer of its shape exists."""
         seen = set()
         for i, layer in enumerate(model.get_decoder().layers):
             modules = projections(layer)
-            fused = [name for name, parts in FUSED.items() if self.fuse and all(modules[p] for p in parts)]
+            fused = [
+                n for n, parts in FUSED.items() if self.fuse and all(modules[p] is not None for p in parts)
+            ]
             for name in fused:
-                parts = [modules[p] for p in FUSED[name]]
-                weights = [_base(m).weight for m in parts]
-                buf = self._buffer((i, name), weights[0], sum(w.shape[0] for w in weights))
-                for part, rows in zip(parts, buf.split([w.shape[0] for w in weights]), strict=True):
-                    if is_lora_linear(part):
-                        effective_weight_(rows, part)
-                    else:
-                        rows.copy_(part.weight)
-                seen.add((i, name))
-                biases = [_base(m).bias for m in parts]
-                if any(b is not None for b in biases):
-                    out = self._buffer((i, f"{name}_bias"), weights[0][0], buf.shape[0])
-                    for bias, rows in zip(biases, out.split([w.shape[0] for w in weights]), strict=True):
-                        rows.copy_(bias) if bias is not None else rows.zero_()
-                    seen.add((i, f"{name}_bias"))
+                seen.update(self._refresh_stacked(i, name, [modules[p] for p in FUSED[name]]))
             covered = {p for name in fused for p in FUSED[name]}
             for name, module in modules.items():
                 if name in covered or not is_lora_linear(module):
