@@ -190,3 +190,44 @@ def test_training_with_compiled_layers_checkpoints_and_resumes(tiny_model_dir, t
     assert trained.keys() == initial.keys()
     assert all(torch.isfinite(t).all() for t in trained.values())
     assert any(not torch.equal(trained[k], initial[k]) for k in initial)
+
+
+def test_no_grad_passes_with_two_rows_at_least_compile_nothing_after_warm_up():
+    """The trainer's reference pass with compiled layers (`rl.logprob_min_rows`: 2): no one-row micro-batch, which
+    dynamo would compile apart after warm-up (BENCHMARKS.md section 1, run 4), over rollouts of varying sizes."""
+    from endo_rl.core.config import ModelConfig
+    from endo_rl.rl import rollout as rl
+
+    lm = small_qwen(torch.float32)
+    models.compile_layers(lm)
+    rng = random.Random(0)
+    rollouts = []
+    for n in (6, 9, 5, 8):  # each splits into micro-batches of 2 or 3 rows under the cap of 3
+        prompts = [[rng.randrange(2, 1000) for _ in range(rng.randint(1, 9))] for _ in range(n)]
+        responses = [[rng.randrange(2, 1000) for _ in range(rng.randint(1, 12))] for _ in range(n)]
+        rollouts.append((prompts, responses))
+    # the last rollout's rows all of one length: at min_rows=1 the tie leaves one row alone (1 + 3 + 3)
+    rollouts.append(
+        ([[rng.randrange(2, 1000) for _ in range(5)] for _ in range(7)], [[9] * 8 for _ in range(7)])
+    )
+    one_row = [
+        min(map(len, rl.padding_aware_micro_batches(rl.sequence_lengths(*r), 3))) == 1 for r in rollouts
+    ]
+    assert one_row[-1] and not any(one_row[:-1])  # what min_rows=1 would run: a one-row batch, after warm-up
+    min_rows = rl.logprob_min_rows(ModelConfig(path="x", compile_layers=True))
+    assert min_rows == 2 and rl.logprob_min_rows(ModelConfig(path="x")) == 1
+    frames = []
+    for prompts, responses in rollouts:
+        assert (
+            min(
+                map(
+                    len,
+                    rl.padding_aware_micro_batches(rl.sequence_lengths(prompts, responses), 3, min_rows=2),
+                )
+            )
+            >= 2
+        )
+        rl.reference_pass(lm, prompts, responses, 0, 1.0, batch_size=3, min_rows=min_rows)
+        frames.append(compiled_frames())
+    assert frames[0] > 0
+    assert frames[-1] == frames[1]  # the second shape makes the batch dynamic; nothing compiles after it

@@ -29,7 +29,9 @@ def test_no_grad_passes_batch_by_it_and_give_the_same_rollout(tiny_model_dir, tm
     sizes: list[int] = []  # the size each pass formed its micro-batches with
     grouping = rl.padding_aware_micro_batches
     monkeypatch.setattr(
-        rl, "padding_aware_micro_batches", lambda lengths, size: sizes.append(size) or grouping(lengths, size)
+        rl,
+        "padding_aware_micro_batches",
+        lambda lengths, size, **kw: sizes.append(size) or grouping(lengths, size, **kw),
     )
     default = collected(tiny_model_dir, tmp_path / "a")
     assert sizes == [2, 2]  # reference pass, then the old log-prob/value pass

@@ -126,3 +126,27 @@ def test_padding_aware_micro_batches_on_the_profiles_realistic_lengths():
         )
     cheaper_forwards = rl.padding_aware_micro_batches(lengths, 32, overhead_tokens=1024)
     assert rl.computed_tokens(lengths, cheaper_forwards) / real <= 1.2  # 1.17 in 5 micro-batches
+
+
+@pytest.mark.parametrize("overhead", [0, 40])
+def test_padding_aware_micro_batches_with_a_row_minimum_are_the_least_cost_such_partition(overhead):
+    rng = random.Random(overhead + 1)
+    for n in range(1, 8):
+        every = list(partitions(list(range(n))))
+        lengths = [rng.randint(1, 60) for _ in range(n)]
+        for max_rows in (2, 3, n):
+            if max_rows < 2:
+                continue
+            groups = rl.padding_aware_micro_batches(lengths, max_rows, overhead, min_rows=2)
+            check_format(lengths, groups, max_rows)
+            if n < 2:  # fewer rows than the minimum: one micro-batch of them all
+                assert groups == [list(range(n))]
+                continue
+            allowed = [p for p in every if all(2 <= len(g) <= max_rows for g in p)]
+            if not allowed:  # 3 rows in pairs, say: the minimum is dropped
+                assert groups == rl.padding_aware_micro_batches(lengths, max_rows, overhead)
+                continue
+            assert min(map(len, groups)) >= 2
+            assert cost(lengths, groups, overhead) == min(cost(lengths, p, overhead) for p in allowed)
+    with pytest.raises(ValueError, match="min_rows"):
+        rl.padding_aware_micro_batches([1, 2, 3], 2, min_rows=3)

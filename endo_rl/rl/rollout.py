@@ -70,10 +70,12 @@ b x micro-batches fitted to those two points gives b ~ 1.5k positions."""
 
 
 def padding_aware_micro_batches(
-    lengths: list[int], max_rows: int, overhead_tokens: int = OVERHEAD_TOKENS
+    lengths: list[int], max_rows: int, overhead_tokens: int = OVERHEAD_TOKENS, min_rows: int = 1
 ) -> list[list[int]]:
     """Row indices in micro-batches of at most `max_rows` rows (the memory cap) that minimize the compute:
     sum over micro-batches of (rows x longest length + `overhead_tokens`). The same format as `micro_batches`.
+    `min_rows`: no micro-batch has fewer rows, unless all the rows are fewer or no split keeps both bounds
+    (then the minimum is dropped). Compiled layers ask for 2: dynamo compiles a one-row batch apart.
 
     An optimal grouping is consecutive in length order (the micro-batch holding the longest row costs its
     size x that length whatever else it holds, so it best takes the next-longest rows), so an exact dynamic
@@ -83,16 +85,22 @@ def padding_aware_micro_batches(
 
     For the no-grad passes only: the number of micro-batches varies with the lengths, which the update cannot
     have (its micro-batches are accelerate's gradient accumulation steps, the same count on every process)."""
-    if max_rows < 1:
-        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+    if not 1 <= min_rows <= max_rows:
+        raise ValueError(f"need 1 <= min_rows <= max_rows, got min_rows={min_rows}, max_rows={max_rows}")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])  # stable: ties in row order
+    if len(order) < min_rows:
+        return [sorted(order)] if order else []
     sorted_lengths = [lengths[i] for i in order]
-    cost, start = [0] * (len(order) + 1), [0] * (len(order) + 1)
-    for i in range(1, len(order) + 1):  # the micro-batch ending at sorted row i - 1 starts at start[i]
+    cost, start = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for i in range(min_rows, len(order) + 1):  # the micro-batch ending at sorted row i - 1 starts at start[i]
         longest = sorted_lengths[i - 1]
         # min keeps the first of equal costs: the smallest j, i.e. the largest micro-batch
-        start[i] = min(range(max(0, i - max_rows), i), key=lambda j: cost[j] + (i - j) * longest)
+        start[i] = min(
+            range(max(0, i - max_rows), i - min_rows + 1), key=lambda j: cost[j] + (i - j) * longest
+        )
         cost[i] = cost[start[i]] + (i - start[i]) * longest + overhead_tokens
+    if cost[-1] == float("inf"):  # no split keeps both bounds (3 rows in pairs, say): drop the minimum
+        return padding_aware_micro_batches(lengths, max_rows, overhead_tokens)
     bounds, i = [], len(order)
     while i > 0:
         bounds.append((start[i], i))
@@ -103,6 +111,12 @@ def padding_aware_micro_batches(
 def logprob_micro_batch(train) -> int:
     """The row cap of the no-grad passes: `train.logprob_micro_batch_size`, or the update's micro-batch size."""
     return train.logprob_micro_batch_size or train.micro_batch_size
+
+
+def logprob_min_rows(model_cfg) -> int:
+    """The fewest rows in a no-grad micro-batch: 2 with `model.compile_layers`, where a one-row batch would
+    compile again after warm-up (dynamo specializes a size of 1); else 1."""
+    return 2 if model_cfg.compile_layers else 1
 
 
 def sequence_lengths(prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[int]:
@@ -145,15 +159,17 @@ def reference_pass(
     batch_size: int,
     temperature: float = 1.0,
     bootstrap_B: torch.Tensor | None = None,
+    min_rows: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(reference log-probs at `temperature`, endogenous token rewards) from one forward per micro-batch,
     [B, L] on CPU. Rows marked in `bootstrap_B` get logsumexp(z_{H+1}) after their last token (see
-    `reference_forward`)."""
+    `reference_forward`). `min_rows`: see `padding_aware_micro_batches`."""
     device = next(lm.parameters()).device
     width = max(len(r) for r in response_ids)
     # rank-local (a local frozen reference copy, or the policy whose full parameters collect() gathered): the
     # number of micro-batches may differ between processes
-    batches = padding_aware_micro_batches(sequence_lengths(prompt_ids, response_ids), batch_size)
+    lengths = sequence_lengths(prompt_ids, response_ids)
+    batches = padding_aware_micro_batches(lengths, batch_size, min_rows=min(min_rows, batch_size))
     logprobs, rewards = [], []
     for rows in batches:
         batch = packed(prompt_ids, response_ids, rows, pad_id, device)
@@ -173,13 +189,15 @@ def policy_pass(
     pad_id: int,
     batch_size: int,
     temperature: float = 1.0,
+    min_rows: int = 1,
 ) -> dict[str, torch.Tensor]:
     """The policy's log-probs and entropy at `temperature` (and values, with a value head) at sampling time,
-    [B, L] (or [B]) on CPU."""
+    [B, L] (or [B]) on CPU. `min_rows`: see `padding_aware_micro_batches`."""
     width = max(len(r) for r in response_ids)
     # rank-local (the unwrapped policy whose full parameters collect() gathered): the number of micro-batches
     # may differ between processes
-    batches = padding_aware_micro_batches(sequence_lengths(prompt_ids, response_ids), batch_size)
+    lengths = sequence_lengths(prompt_ids, response_ids)
+    batches = padding_aware_micro_batches(lengths, batch_size, min_rows=min(min_rows, batch_size))
     parts: dict[str, list[torch.Tensor]] = {}
     for rows in batches:
         out = forward(**vars(packed(prompt_ids, response_ids, rows, pad_id, device)), temperature=temperature)

@@ -247,6 +247,7 @@ class Trainer:
                     self.pad_id,
                     rl.logprob_micro_batch(self.cfg.train),
                     loss_temperature(self.cfg),
+                    rl.logprob_min_rows(self.cfg.model),
                 )
             rollout.old_logprobs_BL, rollout.old_entropy_BL = old["logprobs_BL"], old["entropy_BL"]
             rollout.old_values_BL = old.get("values_BL")
@@ -263,11 +264,8 @@ class Trainer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(reference log-probs on the policy's prompt at the sampling temperature, endogenous token rewards on
         the raw logits; truncated responses bootstrap logsumexp(z_{H+1}) under truncation=bootstrap)."""
-        endo, mbs, prompt_ids = (
-            self.cfg.reward.endogenous,
-            rl.logprob_micro_batch(self.cfg.train),
-            [p.prompt_ids for p in prompts],
-        )
+        endo, prompt_ids = self.cfg.reward.endogenous, [p.prompt_ids for p in prompts]
+        mbs, min_rows = rl.logprob_micro_batch(self.cfg.train), rl.logprob_min_rows(self.cfg.model)
         bootstrap_B = truncated_B if self.truncation == "bootstrap" else None
         ref_logprobs_BL, endogenous_BL = rl.reference_pass(
             ref_lm,
@@ -278,6 +276,7 @@ class Trainer:
             mbs,
             loss_temperature(self.cfg),
             bootstrap_B,
+            min_rows,
         )
         if endo.system_prompt is not None or self.reward_lm is not None:
             # a second forward, for the reward only: another model and/or the reward model's own prompt
@@ -290,6 +289,7 @@ class Trainer:
                 endo.alpha,
                 mbs,
                 bootstrap_B=bootstrap_B,
+                min_rows=min_rows,
             )
         return ref_logprobs_BL, endogenous_BL
 
