@@ -28,8 +28,7 @@ class LayerWeights(NamedTuple):
     """One decoder layer's tensors, passed as arguments so one compiled function serves every layer.
 
     With fused projections (`LoraMerge(fuse=True)`), `wqkv` / `bqkv` hold Q, K and V stacked by rows and the
-    separate fields they replace are None; `wgu` (gate and up stacked) is read when given (no `FUSED` group
-    makes it today)."""
+    separate fields they replace are None."""
 
     ln1: torch.Tensor
     wq: torch.Tensor | None
@@ -45,12 +44,11 @@ class LayerWeights(NamedTuple):
     wd: torch.Tensor
     wqkv: torch.Tensor | None = None
     bqkv: torch.Tensor | None = None
-    wgu: torch.Tensor | None = None
 
 
 def layer_weights(layer: torch.nn.Module, merged: dict[str, torch.Tensor] | None = None) -> LayerWeights:
     """The layer's tensors, detached; `merged` maps a LoRA-wrapped projection's name to its effective weight
-    (its bias stays the base layer's) and "qkv" / "qkv_bias" (/ "gate_up") to stacked weights (`LoraMerge`)."""
+    (its bias stays the base layer's) and "qkv" / "qkv_bias" to stacked weights (`LoraMerge`)."""
     merged = merged or {}
     p = projections(layer)
     covered = {part for name, parts in FUSED.items() if name in merged for part in parts}
@@ -64,7 +62,7 @@ def layer_weights(layer: torch.nn.Module, merged: dict[str, torch.Tensor] | None
         *(w["q_proj"], b["q_proj"], w["k_proj"], b["k_proj"], w["v_proj"], b["v_proj"], w["o_proj"]),
         layer.post_attention_layernorm.weight,
         *(w["gate_proj"], w["up_proj"], w["down_proj"]),
-        *(merged.get("qkv"), merged.get("qkv_bias"), merged.get("gate_up")),
+        *(merged.get("qkv"), merged.get("qkv_bias")),
     )
     return LayerWeights(*(None if t is None else t.detach() for t in tensors))
 
@@ -102,10 +100,7 @@ def post_attention(x_B1D, attn_BH1d, w: LayerWeights, eps):
     B = x_B1D.shape[0]
     x_B1D = x_B1D + F.linear(attn_BH1d.transpose(1, 2).reshape(B, 1, -1), w.wo)
     h = rms_norm(x_B1D, w.ln2, eps)
-    gate, up = (
-        F.linear(h, w.wgu).chunk(2, -1) if w.wgu is not None else (F.linear(h, w.wg), F.linear(h, w.wu))
-    )
-    return x_B1D + F.linear(F.silu(gate) * up, w.wd)
+    return x_B1D + F.linear(F.silu(F.linear(h, w.wg)) * F.linear(h, w.wu), w.wd)
 
 
 def decode_layer(
