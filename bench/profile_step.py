@@ -83,20 +83,12 @@ def _unrecorded(prof, activities, methods):
 def busy_and_idle(intervals: list[tuple[float, float]], gap_us: float = 1000.0) -> dict:
     """The union of (start, end) intervals in microseconds (`busy_s`: time something ran; overlapping and nested
     intervals count once), and the gaps longer than `gap_us` between them (`idle_gaps`: [count, seconds])."""
-    busy = idle = 0.0
-    gaps, run = 0, None
-    for start, end in sorted(intervals):
-        if run is not None and start <= run[1]:
-            run[1] = max(run[1], end)
-            continue
-        if run is not None:
-            busy += run[1] - run[0]
-            if start - run[1] > gap_us:
-                gaps, idle = gaps + 1, idle + start - run[1]
-        run = [start, end]
-    if run is not None:
-        busy += run[1] - run[0]
-    return {"busy_s": busy / 1e6, "idle_gaps": [gaps, idle / 1e6]}
+    runs = merged(intervals)
+    gaps = [b[0] - a[1] for a, b in zip(runs, runs[1:]) if b[0] - a[1] > gap_us]
+    return {
+        "busy_s": sum(end - start for start, end in runs) / 1e6,
+        "idle_gaps": [len(gaps), sum(gaps) / 1e6],
+    }
 
 
 GAP_SIZES = ((10.0, "<10us"), (100.0, "10-100us"), (1000.0, "0.1-1ms"), (float("inf"), ">1ms"))
@@ -129,8 +121,7 @@ def idle_by_host_op(
     first; only gaps of 10 us or more are charged (shorter ones are a launch's own latency).
     """
     runs = merged(kernels)
-    edges = [run[0] for run in runs[1:]]
-    gaps = [(runs[i][1], start) for i, start in enumerate(edges)]
+    gaps = [(a[1], b[0]) for a, b in zip(runs, runs[1:])]
     if window is not None and runs:
         gaps = [(window[0], runs[0][0]), *gaps, (runs[-1][1], window[1])]
     elif window is not None:
@@ -200,20 +191,22 @@ def phase_breakdown(events, device: str, top: int = 8) -> dict:
     seconds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    host: dict[str, list[tuple[float, float, str]]] = defaultdict(
+        list
+    )  # what the host ran while the device idled
     for e in events:
-        if e.device_type != kind or e.name.startswith("phase/") or getattr(e, "is_python_function", False):
+        if e.name.startswith("phase/"):
             continue
-        phase = next((name for start, end, name in ranges if start <= e.time_range.start < end), "between")
+        phase = next((name for start, end, name in ranges if start <= e.time_range.start < end), None)
+        if e.device_type == DeviceType.CPU and phase is not None and not e.name.startswith("ProfilerStep"):
+            host[phase].append((e.time_range.start, e.time_range.end, e.name))
+        if e.device_type != kind or getattr(e, "is_python_function", False):
+            continue
+        phase = phase or "between"
         us = e.time_range.elapsed_us() if kind == DeviceType.CUDA else e.self_cpu_time_total
         seconds[phase][e.name] += us / 1e6
         counts[phase][e.name] += 1
         intervals[phase].append((e.time_range.start, e.time_range.end))
-    host: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
-    for e in events:  # the host's ops, for what it was doing while the device idled
-        if e.device_type == DeviceType.CPU and not e.name.startswith(("phase/", "ProfilerStep")):
-            phase = next((name for start, end, name in ranges if start <= e.time_range.start < end), None)
-            if phase is not None:
-                host[phase].append((e.time_range.start, e.time_range.end, e.name))
     out = {}
     for phase in [name for *_, name in ranges] + (["between"] if "between" in seconds else []):
         by_name = seconds.get(phase, {})
