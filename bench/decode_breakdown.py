@@ -175,7 +175,7 @@ def breakdown(model, prompts: list[list[int]], pad_id: int, max_new: int, device
     for width in windows:
         decoder.key_valid_BS[:, :width] = True
         decoder.slot_1.fill_(width - 1)
-        step[width] = part_ms(lambda width=width: decoder._decode_step(width), device)
+        step[width] = part_ms(lambda width=width: decoder._decode_step(BATCH, width), device)
 
         def attend(width=width):
             for i in range(len(weights)):
@@ -195,7 +195,7 @@ def breakdown(model, prompts: list[list[int]], pad_id: int, max_new: int, device
     for name, fn in variants.items():  # one layer, times the layer count: a per-step figure
         out["attention_variants_ms"][name] = len(weights) * part_ms(fn, device)
         out["attention_variants_max_diff"][name] = (fn().float() - want).abs().max().item()
-    out["kernels"] = step_kernels(lambda: decoder._decode_step(windows[-1]), device)
+    out["kernels"] = step_kernels(lambda: decoder._decode_step(BATCH, windows[-1]), device)
     out["kernels"]["window"] = windows[-1]
     separate = [layer_weights(layer) for layer in model.get_decoder().layers]  # the model's own, unfused
     out["matmuls_ms"] = part_ms(matmul_chain(separate, head, fused=False), device)
@@ -222,13 +222,13 @@ def breakdown(model, prompts: list[list[int]], pad_id: int, max_new: int, device
         out["sampling_graph_ms"] = f"not capturable: {str(e).splitlines()[0][:200]}"
     if hook is not None:
         handle = model.get_output_embeddings().register_forward_hook(hook)
-        out["step_hooked_ms"] = part_ms(lambda: decoder._decode_step(windows[-1]), device)
+        out["step_hooked_ms"] = part_ms(lambda: decoder._decode_step(BATCH, windows[-1]), device)
         handle.remove()
     plain = StaticDecoder(model, BATCH, max_len=P + max_new, use_cuda_graph=False, fuse=False)
     plain.prefill(ids.to(device), mask.to(device))
     plain.key_valid_BS[:, : windows[-1]] = True
     plain.slot_1.fill_(windows[-1] - 1)
-    out["step_unfused_ms"] = part_ms(lambda: plain._decode_step(windows[-1]), device)
+    out["step_unfused_ms"] = part_ms(lambda: plain._decode_step(BATCH, windows[-1]), device)
     out["weight_bytes"] = weight_bytes(separate, head)
     if device == "cuda":
         out["copy_bytes_per_s"] = copy_bandwidth(device)

@@ -206,6 +206,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
         args.prompts,
         f"train.logprob_micro_batch_size={args.logprob_micro_batch}",
         f"model.compile_layers={str(args.compile_layers).lower()}",
+        f"generation.compact_min_rows={args.compact_min_rows}",
     )
     cfg = config.load(None, overrides)
     model.get_output_embeddings().register_forward_hook(
@@ -264,6 +265,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
     return {
         **extra,
         "compile_layers": args.compile_layers,
+        "compact_min_rows": args.compact_min_rows,
         **summarize_ours(args, record),
         "bare_last_step": bare,
     }
@@ -350,6 +352,13 @@ def parse(argv=None) -> argparse.Namespace:
         action="store_true",
         help="ours: model.compile_layers=true (each decoder layer torch.compiled; the bare passes of the "
         "same model then run compiled too)",
+    )
+    p.add_argument(
+        "--compact-min-rows",
+        type=int,
+        default=8,
+        help="ours: generation.compact_min_rows (finished rows dropped down to this many; 0: every row decodes "
+        "to the end of the call, as up to run 5)",
     )
     p.add_argument("--stop-p", type=float, default=1 / 256)
     p.add_argument(

@@ -21,29 +21,32 @@ PAD, EOS = 0, 1
 
 
 def test_a_kept_decoder_compiles_a_bounded_number_of_times_over_30_calls():
-    """Changing prompt widths, batch sizes and lengths. The two compiled halves of a layer see the batch size
-    alone: each is compiled for the first batch, once more when a second makes the batch symbolic, once for a
-    batch of one; the attention window and cache length never cause a compile."""
+    """Changing prompt widths, batch sizes and lengths, and rows dropped as they finish (59 of the 1000 tokens
+    stop a row: lengths vary, and decoders compact down to 2 rows). The two compiled halves of a layer see the
+    batch size alone: each is compiled for the first batch, once more when a second makes the batch symbolic,
+    once for a batch of one; the attention window, the cache length and compaction never cause a compile."""
     torch._dynamo.reset()
     counter = CompileCounter()
     model = small_qwen(torch.float32)
     generator = StaticDecoderGenerator(
-        model, batch_size=8, prompt_bucket=8, length_bucket=16, window=4, compile=counter
+        model, batch_size=8, prompt_bucket=8, length_bucket=16, window=4, compile=counter, compact_min_rows=2
     )
     rng = random.Random(0)
-    counts = []
+    counts, compacted = [], 0
     warm_up = [8, 3, 1]  # the first batch, a second one (batch becomes symbolic), a batch of one
     for call in range(30):
         n = warm_up[call] if call < len(warm_up) else rng.randint(1, 8)
         width = rng.randint(2, 40)
         prompts = [[rng.randrange(2, 1000) for _ in range(rng.randint(1, width))] for _ in range(n)]
-        sampling = SamplingConfig(max_new_tokens=rng.randint(4, 24), temperature=1.0)
-        out = generator.generate(prompts, sampling, stop_ids=[EOS], pad_id=PAD)
+        sampling = SamplingConfig(max_new_tokens=rng.randint(4, 40), temperature=1.0)
+        out = generator.generate(prompts, sampling, stop_ids=list(range(1, 60)), pad_id=PAD)
         assert [c.prompt_index for c in out] == list(range(n))
         assert all(len(c.token_ids) == sampling.max_new_tokens or not c.truncated for c in out)
         counts.append(counter.frame_count)
+        compacted += sum(d.rows < d.batch_size for d in generator.decoders.values())
     assert 2 <= counts[-1] <= 6, counts
     assert counts[len(warm_up) - 1] == counts[-1], f"compiled again after warm-up: {counts}"
+    assert compacted >= 5, compacted
 
 
 def test_a_fresh_decoder_per_call_would_compile_per_shape():

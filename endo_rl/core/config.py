@@ -128,6 +128,15 @@ class GenerationConfig(SamplingConfig):
     auto: static on CUDA when the model supports it, else hf."""
     decode_attention: Literal["sdpa", "gqa", "flex"] = "sdpa"
     """The static backend's decode-step attention: sdpa | gqa | flex (endo_rl/generation/decode_attention.py)."""
+    compact_min_rows: int = 8
+    """The static backend drops finished rows: once the unfinished ones fit in half the rows it decodes, it
+    decodes only those, in batches halved down to this many rows (0: every row to the end of the call)."""
+
+    def __post_init__(self):
+        if self.compact_min_rows < 0:
+            raise UserError(
+                f"config key 'generation.compact_min_rows' must be >= 0, got {self.compact_min_rows}"
+            )
 
 
 @dataclass

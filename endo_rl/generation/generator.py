@@ -7,8 +7,8 @@
 `StaticDecoderGenerator` keeps its static-KV-cache decoders (and their CUDA graphs and compiled layer) from one
 call to the next. Shapes come from a small fixed set of buckets, so after warm-up nothing is compiled or
 captured again: the batch is padded up to a power of two (at most `batch_size`), the prompt width rounded up
-to a multiple of `prompt_bucket`, and the cache grows in steps of `length_bucket` slots only when a request
-needs more. `HFGenerator` is transformers' `generate` behind the same interface. Another engine (a vLLM-style
+to a multiple of `prompt_bucket`, the cache grows in steps of `length_bucket` slots only when a request
+needs more, and finished rows are dropped in halvings of the batch (`static.generate_rows`). `HFGenerator` is transformers' `generate` behind the same interface. Another engine (a vLLM-style
 server) drops in beside them.
 
 Completions come out in input order; micro-batches are formed from length-sorted prompts.
@@ -112,6 +112,7 @@ class StaticDecoderGenerator:
         compile: bool | str | object = True,
         attention: str = "sdpa",
         fuse: bool = True,
+        compact_min_rows: int = 8,
     ):
         if not static_decode.supports(model):
             raise ValueError(
@@ -121,6 +122,8 @@ class StaticDecoderGenerator:
         self.model, self.batch_size = model, batch_size
         self.prompt_bucket, self.length_bucket, self.window = prompt_bucket, length_bucket, window
         self.use_cuda_graph, self.compile, self.attention = use_cuda_graph, compile, attention
+        self.compact_min_rows = compact_min_rows
+        """Finished rows are dropped down to this many decoded rows (`static.generate_rows`; 0: never)."""
         self.decoders: dict[int, static_decode.StaticDecoder] = {}
         """One decoder per batch bucket; its cache only grows."""
         self.lora = LoraMerge(fuse)
@@ -167,7 +170,9 @@ class StaticDecoderGenerator:
         def rows_fn(prompts):
             width = _round_up(max(len(p) for p in prompts), self.prompt_bucket)
             decoder = self._decoder(self.batch_bucket(len(prompts)), slots)
-            return static_decode.generate_rows(decoder, prompts, sampling, stop_ids, pad_id, width)
+            return static_decode.generate_rows(
+                decoder, prompts, sampling, stop_ids, pad_id, width, self.compact_min_rows
+            )
 
         return _generate_sorted(
             prompt_ids, self.batch_size, rows_fn, stop_ids, sampling.max_new_tokens, progress
@@ -189,12 +194,18 @@ def resolve_backend(model: torch.nn.Module, backend: str) -> str:
 
 
 def make_generator(
-    model: torch.nn.Module, backend: str = "auto", batch_size: int = 16, decode_attention: str = "sdpa"
+    model: torch.nn.Module,
+    backend: str = "auto",
+    batch_size: int = 16,
+    decode_attention: str = "sdpa",
+    compact_min_rows: int = 8,
 ) -> Generator:
-    """The engine for `backend` ('auto', 'static' or 'hf'; see `resolve_backend`); `decode_attention` is the
-    static backend's (one of `decode_attention.ATTENTION`)."""
+    """The engine for `backend` ('auto', 'static' or 'hf'; see `resolve_backend`); `decode_attention` and
+    `compact_min_rows` are the static backend's (`decode_attention.ATTENTION`, `static.generate_rows`)."""
     if resolve_backend(model, backend) == "static":
-        return StaticDecoderGenerator(model, batch_size, attention=decode_attention)
+        return StaticDecoderGenerator(
+            model, batch_size, attention=decode_attention, compact_min_rows=compact_min_rows
+        )
     return HFGenerator(model, batch_size)
 
 

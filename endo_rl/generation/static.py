@@ -19,8 +19,15 @@ themselves.
 Prompts are left-padded; cache slot s holds the token at padded column s. A key is visible when it is not
 padding and not in the future, kept in `key_valid_BS`, which the graph reads from a fixed buffer.
 
-Shape legend: B batch, S cache length (prompt width + max new tokens), P prompt width, H heads, K KV heads,
-d head dim, D hidden, V vocab.
+Finished rows are dropped (`compact`): a step of an RL rollout lasts as long as its longest response, while most
+rows stopped long before (with response lengths spread like real ones, half the rows are done within about the
+mean length). Every row would otherwise keep paying attention over its whole window and sampling over the whole
+vocabulary. When at most half the rows still generate, `generate_rows` moves the live rows to the front of the
+cache, and from then on the step runs on those rows only, from a CUDA graph captured for that many rows
+(batch sizes halve, down to `min_rows`, so the shapes come from a small fixed set).
+
+Shape legend: B batch, R rows still decoded (after `compact`), S cache length (prompt width + max new tokens),
+P prompt width, H heads, K KV heads, d head dim, D hidden, V vocab.
 """
 
 from __future__ import annotations
@@ -64,9 +71,10 @@ def supports(model: torch.nn.Module) -> bool:
     )
 
 
-def capture_cuda_graph(fn, warmup: int = 2) -> tuple[torch.cuda.CUDAGraph, object]:
+def capture_cuda_graph(fn, warmup: int = 2, pool=None) -> tuple[torch.cuda.CUDAGraph, object]:
     """`fn()` captured as a CUDA graph after `warmup` runs on a side stream (as capture requires; compiled code
-    compiles there); returns the graph and what `fn` returned inside it (tensors the replays rewrite)."""
+    compiles there); returns the graph and what `fn` returned inside it (tensors the replays rewrite).
+    `pool`: a memory pool shared with other graphs (`torch.cuda.graph_pool_handle()`), see `StaticDecoder`."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -74,7 +82,7 @@ def capture_cuda_graph(fn, warmup: int = 2) -> tuple[torch.cuda.CUDAGraph, objec
             fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         out = fn()
     return graph, out
 
@@ -87,8 +95,8 @@ class StaticDecoder:
     """Prefill + decode with a static KV cache of `batch_size` rows and `max_len` slots, reusable across calls.
 
     A decode step attends only to the cache prefix in use, rounded up to `window` slots: reading the whole
-    cache at every step would add the full cache's bytes to every step's weight read. Each window has its own
-    CUDA graph, captured on first use and replayed afterwards. An optimizer step updates weights in place, so
+    cache at every step would add the full cache's bytes to every step's weight read. Each window (and number
+    of decoded rows, `compact`) has its own CUDA graph, captured on first use and replayed afterwards. An optimizer step updates weights in place, so
     the graphs stay valid; `sync_weights` re-binds the weights and drops the graphs only when the parameters
     moved to new storage (e.g. ZeRO-3 gathering them anew).
 
@@ -129,9 +137,16 @@ class StaticDecoder:
         self.position_B1 = torch.zeros_like(self.token_B1)
         self.slot_1 = torch.zeros(1, dtype=torch.long, device=self.device)
         self.next_slot = 0  # host copy of slot_1: picks the window without a device sync
+        self.rows = batch_size
+        """The rows a decode step runs: the first `rows` of every buffer (fewer after `compact`)."""
         self.logits_BV: torch.Tensor | None = None
         self.use_cuda_graph = use_cuda_graph and self.device.type == "cuda"
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        """Per (rows, window width): the captured decode step and the logits buffer it writes."""
+        self.graph_pool = torch.cuda.graph_pool_handle() if self.use_cuda_graph else None
+        """One memory pool for all the graphs: one's intermediates may reuse another's memory, so a graph per
+        (rows, width) costs little. Safe here because the graphs never run concurrently and a replay's logits
+        are read before the next replay (of this or another graph) may overwrite them."""
         self.dims = (self.n_heads, self.n_kv, self.head_dim)
         self.eps = cfg.rms_norm_eps
         if compile is True:  # by default compiled only on CUDA, where kernel count is what a step is short of
@@ -189,6 +204,7 @@ class StaticDecoder:
                 f"prefill of {B} x {P} tokens in a decoder of {self.batch_size} x {self.max_len}"
             )
         valid = attention_mask_BP.bool()
+        self.rows = B
         self.key_valid_BS.zero_()
         self.key_valid_BS[:, :P] = valid
         position_BP = (attention_mask_BP.long().cumsum(-1) - 1).clamp(min=0)
@@ -211,43 +227,66 @@ class StaticDecoder:
         logits = self.model.get_output_embeddings()(self.backbone.norm(x[:, -1])).float()
         return logits if copies is None else logits[copies]
 
-    def _decode_step(self, width: int) -> torch.Tensor:
-        """One token per row, attending to cache slots [0, width)."""
-        self.key_valid_BS.index_fill_(1, self.slot_1, True)
-        mask = step_mask(self.key_valid_BS[:, :width], self.attention, self.dtype)  # once for every layer
+    def _decode_step(self, rows: int, width: int) -> torch.Tensor:
+        """One token for each of the first `rows` rows, attending to cache slots [0, width)."""
+        valid_RS = self.key_valid_BS[:rows]
+        valid_RS.index_fill_(1, self.slot_1, True)
+        mask = step_mask(valid_RS[:, :width], self.attention, self.dtype)  # once for every layer
         rest = (self.slot_1, mask, self.dims, self.eps, self.attention)
-        x = self.backbone.embed_tokens(self.token_B1)
-        cos, sin = self.backbone.rotary_emb(x, self.position_B1)
+        x = self.backbone.embed_tokens(self.token_B1[:rows])
+        cos, sin = self.backbone.rotary_emb(x, self.position_B1[:rows])
         for i, w in enumerate(self.weights):
-            k, v = self.k_cache[i, :, :, :width], self.v_cache[i, :, :, :width]
+            k, v = self.k_cache[i, :rows, :, :width], self.v_cache[i, :rows, :, :width]
             x = decode_layer(self.layer_fns, x, w, k, v, cos, sin, *rest)
         return self.model.get_output_embeddings()(self.backbone.norm(x[:, -1])).float()
 
-    def _capture(self, width: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, rows: int, width: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         saved = [t.clone() for t in (self.key_valid_BS, self.slot_1, self.position_B1)]
-        graph, logits_BV = capture_cuda_graph(lambda: self._decode_step(width))
+        graph, logits_RV = capture_cuda_graph(lambda: self._decode_step(rows, width), pool=self.graph_pool)
         for buf, value in zip((self.key_valid_BS, self.slot_1, self.position_B1), saved, strict=True):
             buf.copy_(value)
-        return graph, logits_BV
+        return graph, logits_RV
 
     @torch.no_grad()
-    def decode(self, token_B: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row at the next cache slot; returns next-token logits [B, V]."""
+    def decode(self, token_R: torch.Tensor) -> torch.Tensor:
+        """Feed one token to each decoded row at the next cache slot; returns next-token logits [R, V]."""
         if self.next_slot >= self.max_len:
             raise ValueError(f"the decoder's cache of {self.max_len} slots is full")
+        if token_R.shape != (self.rows,):
+            raise ValueError(
+                f"decode takes one token per decoded row ({self.rows}), got {tuple(token_R.shape)}"
+            )
         width = min(self.max_len, -(-(self.next_slot + 1) // self.window) * self.window)
-        self.token_B1.copy_(token_B[:, None])
+        self.token_B1[: self.rows].copy_(token_R[:, None])
         if self.use_cuda_graph:
-            if width not in self.graphs:
-                self.graphs[width] = self._capture(width)
-            graph, self.logits_BV = self.graphs[width]
+            key = (self.rows, width)
+            if key not in self.graphs:
+                self.graphs[key] = self._capture(*key)
+            graph, self.logits_BV = self.graphs[key]
             graph.replay()
         else:
-            self.logits_BV = self._decode_step(width)
+            self.logits_BV = self._decode_step(self.rows, width)
         self.position_B1 += 1
         self.slot_1 += 1
         self.next_slot += 1
         return self.logits_BV
+
+    @torch.no_grad()
+    def compact(self, keep_R: torch.Tensor) -> None:
+        """Decode only rows `keep_R` from now on, in that order: their cache columns so far, key visibility and
+        positions move to rows [0, R). The rows' values are unchanged: the attention of one row never reads
+        another's, and each row's keys, positions and mask move with it."""
+        rows, used = keep_R.shape[0], self.next_slot
+        if not 0 < rows <= self.rows:
+            raise ValueError(f"compact to {rows} of the {self.rows} decoded rows")
+        for cache in (self.k_cache, self.v_cache):
+            for (
+                layer_cache
+            ) in cache:  # one layer at a time: the gathered copy is one layer's, not the cache's
+                layer_cache[:rows, :, :used] = layer_cache[keep_R, :, :used]
+        for buf in (self.key_valid_BS, self.position_B1):
+            buf[:rows] = buf[keep_R]
+        self.rows = rows
 
 
 def sample(logits_BV: torch.Tensor, temperature: float, top_p: float, top_k: int) -> torch.Tensor:
@@ -266,6 +305,15 @@ def sample(logits_BV: torch.Tensor, temperature: float, top_p: float, top_k: int
     return torch.multinomial(logits_BV.softmax(-1), 1).squeeze(-1)
 
 
+def compacted_rows(live: int, rows: int, min_rows: int) -> int:
+    """The rows to decode `live` unfinished rows with, now decoding `rows`: the smallest of rows / 2, rows / 4,
+    ... (not below `min_rows`) that holds them; `rows` when none is smaller (`min_rows` 0: never compact)."""
+    target = rows
+    while min_rows and target // 2 >= max(live, min_rows):
+        target //= 2
+    return target
+
+
 @torch.no_grad()
 def generate_rows(
     decoder: StaticDecoder,
@@ -274,12 +322,14 @@ def generate_rows(
     stop_ids: Sequence[int],
     pad_id: int,
     width: int | None = None,
+    min_rows: int = 0,
 ) -> list[list[int]]:
     """Prefill one micro-batch and decode until every row stopped or `sampling.max_new_tokens`.
 
     A micro-batch smaller than the decoder's batch is filled with copies of its first prompt (dropped after),
     and prompts are left-padded to `width` columns (default: the longest), so the shapes the decoder sees come
-    from a small fixed set.
+    from a small fixed set. `min_rows` > 0: finished rows are dropped (`StaticDecoder.compact`) whenever the
+    unfinished ones fit in half the decoded rows, down to `min_rows` rows; 0 decodes every row to the end.
     """
     n, B = len(prompt_ids), decoder.batch_size
     prompts = list(prompt_ids) + [prompt_ids[0]] * (B - n)
@@ -289,15 +339,25 @@ def generate_rows(
         mask = F.pad(mask, (width - mask.shape[1], 0), value=0)
     logits = decoder.prefill(ids.to(decoder.device), mask.to(decoder.device))
     stop = torch.tensor(list(stop_ids), device=decoder.device)
-    done = torch.zeros(B, dtype=torch.bool, device=decoder.device)
+    origin_R = torch.arange(B, device=decoder.device)  # the micro-batch row each decoded row is
+    done_R = origin_R >= n  # the filler copies count as finished
     max_new = sampling.max_new_tokens
     out = torch.full((B, max_new), pad_id, dtype=torch.long, device=decoder.device)
     for t in range(max_new):
-        token = sample(logits, sampling.temperature, sampling.top_p, sampling.top_k).masked_fill(done, pad_id)
-        out[:, t] = token
-        done |= torch.isin(token, stop)
-        if t % 16 == 15 and bool(done[:n].all()):  # a host sync every 16 tokens, not every token
-            break
+        token_R = sample(logits, sampling.temperature, sampling.top_p, sampling.top_k).masked_fill(
+            done_R, pad_id
+        )
+        out[origin_R, t] = token_R
+        done_R |= torch.isin(token_R, stop)
+        if t % 16 == 15:  # a host sync every 16 tokens, not every token
+            live = int((~done_R).sum())
+            if live == 0:
+                break
+            rows = compacted_rows(live, decoder.rows, min_rows)
+            if rows < decoder.rows:  # the live rows first, then finished ones to fill the batch size
+                keep_R = done_R.to(torch.uint8).argsort(stable=True)[:rows]
+                decoder.compact(keep_R)
+                origin_R, done_R, token_R = origin_R[keep_R], done_R[keep_R], token_R[keep_R]
         if t + 1 < max_new:
-            logits = decoder.decode(token)
+            logits = decoder.decode(token_R)
     return out[:n].tolist()

@@ -222,7 +222,9 @@ class Trainer:
         prompt_ids = [p.prompt_ids for p in prompts]
         with self._timed("generate"):
             if self.generator is None:
-                self.generator = make_generator(policy.lm, g.backend, g.batch_size, g.decode_attention)
+                self.generator = make_generator(
+                    policy.lm, g.backend, g.batch_size, g.decode_attention, g.compact_min_rows
+                )
             # the weights this step's optimizer left (or that ZeRO-3 gathered)
             self.generator.sync_weights(policy.lm)
             # g is a SamplingConfig: max_new_tokens, temperature, top_p, top_k
