@@ -214,6 +214,8 @@ class TrainConfig:
     """Sequences per forward/backward pass (gradient accumulation covers the rest of a mini-batch)."""
     logprob_micro_batch_size: int | None = None
     """At most this many sequences per no-grad pass (reference, PPO's old pass); None: micro_batch_size."""
+    pack_sequences: bool = False
+    """No-grad passes and update on packed micro-batches (one row, attention per sequence): no padding computed."""
     lr: float = 1e-6
     """Peak learning rate (AdamW)."""
     value_head_lr: float | None = None

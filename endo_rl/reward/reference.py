@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from endo_rl.core import templates
+from endo_rl.core import templates, varlen
 from endo_rl.core.batch import PackedBatch, pack
 from endo_rl.core.errors import UserError
 from endo_rl.reward import endogenous as reward
@@ -73,20 +73,16 @@ def _finish(
 
 
 def final_hidden_states(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
-    """The decoder's last hidden state (after the final norm), [B, T, D]; the LM head is not applied."""
-    out = model.get_decoder()(
-        input_ids=batch.input_ids_BT,
-        attention_mask=batch.decoder_mask(),
-        position_ids=batch.position_ids_BT,
-        use_cache=False,
-    )
-    return out.last_hidden_state
+    """The decoder's last hidden state (after the final norm), [rows, T, D] (a packed batch: [1, N, D]); the LM
+    head is not applied. A packed batch needs `model` under `varlen.varlen_attention`."""
+    if batch.packed:
+        varlen.check_active(model)
+    return model.get_decoder()(**batch.decoder_inputs()).last_hidden_state
 
 
 def gather_response_hidden(hidden_BTD: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-    """Hidden states of the scored tokens' predictor positions, flattened to [N, D]."""
-    index_BLD = batch.predictor_index_BL[..., None].expand(-1, -1, hidden_BTD.shape[-1])
-    return hidden_BTD.gather(1, index_BLD)[batch.response_mask_BL]
+    """Hidden states of the scored tokens' predictor positions, flattened to [N, D] (N scored tokens)."""
+    return batch.gather(hidden_BTD, batch.predictor_index_BL, batch.response_mask_BL)
 
 
 def reference_forward(
@@ -117,10 +113,9 @@ def reference_forward(
         temperature,
     )
     stats_BL = tuple(_scatter(x_N, mask_BL) for x_N in stats_N)
-    rows_B = torch.arange(mask_BL.shape[0], device=mask_BL.device)
-    final_hidden_BD = hidden_BTD[rows_B, batch.final_index_B]
+    final_hidden_BD = batch.gather(hidden_BTD, batch.final_index_B)
     _, final_lse_B, _ = reward.logit_stats(
-        final_hidden_BD, head.weight, torch.zeros_like(rows_B), head.bias, chunk_size
+        final_hidden_BD, head.weight, torch.zeros_like(batch.final_index_B), head.bias, chunk_size
     )
     return _finish(stats_BL, final_lse_B, mask_BL, alpha, temperature, bootstrap_B)
 
@@ -139,23 +134,18 @@ def naive_reference_forward(
     bootstrap_B: torch.Tensor | None = None,
 ) -> ReferenceOutput:
     """Same outputs via the model's full [B, T, V] logits upcast to float32 (memory-hungry reference path)."""
-    logits_BTV = model(
-        input_ids=batch.input_ids_BT,
-        attention_mask=batch.decoder_mask(),
-        position_ids=batch.position_ids_BT,
-        use_cache=False,
-    ).logits
+    if batch.packed:
+        varlen.check_active(model)
+    logits_BTV = model(**batch.decoder_inputs()).logits
     logits_BTV = logits_BTV.to(torch.promote_types(logits_BTV.dtype, torch.float32))
-    index_BLV = batch.predictor_index_BL[..., None].expand(-1, -1, logits_BTV.shape[-1])
-    logits_BLV = logits_BTV.gather(1, index_BLV)
+    logits_BLV = batch.gather(logits_BTV, batch.predictor_index_BL)
     mask_BL = batch.response_mask_BL
     chosen_BL = logits_BLV.gather(-1, batch.response_ids_BL[..., None]).squeeze(-1)
     stats_BL = tuple(
         torch.where(mask_BL, x_BL, 0.0)
         for x_BL in (chosen_BL, logits_BLV.logsumexp(-1), (logits_BLV / temperature).logsumexp(-1))
     )
-    rows_B = torch.arange(mask_BL.shape[0], device=mask_BL.device)
-    final_lse_B = logits_BTV[rows_B, batch.final_index_B].logsumexp(-1)
+    final_lse_B = batch.gather(logits_BTV, batch.final_index_B).logsumexp(-1)
     return _finish(stats_BL, final_lse_B, mask_BL, alpha, temperature, bootstrap_B)
 
 

@@ -19,6 +19,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from endo_rl.core.batch import PackedBatch
+from endo_rl.reward.reference import final_hidden_states, gather_response_hidden
+
 
 @contextlib.contextmanager
 def without_cudnn_attention():
@@ -78,23 +81,33 @@ class PolicyModel(nn.Module):
         response_ids_BL: torch.Tensor,
         final_index_B: torch.Tensor,
         right_padded: bool = False,
+        cu_seqlens_S: torch.Tensor | None = None,
+        max_seqlen: int = 0,
         temperature: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """Per response token: log-probs (with grad), entropy (no grad) and values; zero outside the mask.
 
         Log-probs and entropy are those of softmax(logits / temperature), the distribution rollouts are sampled
         from. With a value head, `final_values_B` is V(s_{H+1}), the value after each row's last token (what a
-        response cut at the token limit bootstraps with). The arguments are a `PackedBatch`'s fields: a
-        right-padded batch runs without its attention mask (`PackedBatch.decoder_mask`).
+        response cut at the token limit bootstraps with). The arguments are a `PackedBatch`'s fields (they are
+        tensors and plain values, which DDP and DeepSpeed pass through): a right-padded batch runs without its
+        attention mask (`PackedBatch.decoder_mask`), a packed one needs `varlen.varlen_attention` around the
+        forward and its backward.
         """
-        hidden_BTD = self.lm.get_decoder()(
-            input_ids=input_ids_BT,
-            attention_mask=None if right_padded else attention_mask_BT,
-            position_ids=position_ids_BT,
-            use_cache=False,
-        ).last_hidden_state
-        index_BLD = predictor_index_BL[..., None].expand(-1, -1, hidden_BTD.shape[-1])
-        hidden_ND = hidden_BTD.gather(1, index_BLD)[response_mask_BL]
+        batch = PackedBatch(
+            input_ids_BT,
+            attention_mask_BT,
+            position_ids_BT,
+            predictor_index_BL,
+            response_mask_BL,
+            response_ids_BL,
+            final_index_B,
+            right_padded,
+            cu_seqlens_S,
+            max_seqlen,
+        )
+        hidden_BTD = final_hidden_states(self.lm, batch)
+        hidden_ND = gather_response_hidden(hidden_BTD, batch)
         logprobs_N, entropy_N = head_logprobs(
             self.lm.get_output_embeddings(),
             hidden_ND,
@@ -108,8 +121,7 @@ class PolicyModel(nn.Module):
         if self.value_head is not None:
             values_N = self.value_head(hidden_ND.to(self.value_head.weight.dtype))[:, 0].float()
             out["values_BL"] = _scatter(values_N, response_mask_BL)
-            rows_B = torch.arange(hidden_BTD.shape[0], device=hidden_BTD.device)
-            final_hidden_BD = hidden_BTD[rows_B, final_index_B].to(self.value_head.weight.dtype)
+            final_hidden_BD = batch.gather(hidden_BTD, final_index_B).to(self.value_head.weight.dtype)
             out["final_values_B"] = self.value_head(final_hidden_BD)[:, 0].float()
         return out
 

@@ -12,17 +12,21 @@ here cut where padding plus a fixed cost per forward is least (`padding_aware_mi
 put back into one [B, L] tensor per quantity in the rollout's row order (response layout, zero past each
 response).
 
+With `train.pack_sequences` each micro-batch is one packed row instead (`pack(..., "packed")`, attention per
+sequence through `core.varlen`): no padding is computed, so the no-grad passes only cap the rows per
+micro-batch (`packed_micro_batches`).
+
 Shape legend: B sequences on this process, L longest response.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from endo_rl.core.batch import PackedBatch, pack
+from endo_rl.core.varlen import varlen_attention
 from endo_rl.reward.reference import reference_forward
 
 
@@ -108,6 +112,22 @@ def padding_aware_micro_batches(
     return [sorted(order[j:i]) for j, i in reversed(bounds)]
 
 
+def packed_micro_batches(n: int, max_rows: int, min_rows: int = 1) -> list[list[int]]:
+    """Rows in order, in the fewest micro-batches of at most `max_rows` (and, where a split allows it, at least
+    `min_rows`) rows: packed, a micro-batch costs its tokens plus a fixed overhead, so only their count matters.
+    Rows in order mix long and short ones, which evens out the tokens (the memory) per micro-batch."""
+    return padding_aware_micro_batches([1] * n, max_rows, min_rows=min(min_rows, max_rows))
+
+
+def pass_options(cfg) -> dict:
+    """The keyword arguments of `reference_pass` and `policy_pass` that the config sets."""
+    return {
+        "batch_size": logprob_micro_batch(cfg.train),
+        "min_rows": logprob_min_rows(cfg.model),
+        "pack_sequences": cfg.train.pack_sequences,
+    }
+
+
 def logprob_micro_batch(train) -> int:
     """The row cap of the no-grad passes: `train.logprob_micro_batch_size`, or the update's micro-batch size."""
     return train.logprob_micro_batch_size or train.micro_batch_size
@@ -144,9 +164,25 @@ def scatter_rows(parts: list[torch.Tensor], batches: list[list[int]], width: int
 
 
 def packed(
-    prompt_ids: list[list[int]], response_ids: list[list[int]], rows: list[int], pad_id: int, device
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    rows: list[int],
+    pad_id: int,
+    device,
+    pack_sequences: bool = False,
 ) -> PackedBatch:
-    return pack([prompt_ids[i] for i in rows], [response_ids[i] for i in rows], pad_id).to(device)
+    """The micro-batch of `rows` on `device`: right-padded, or one packed row with `pack_sequences`."""
+    side = "packed" if pack_sequences else "right"
+    return pack([prompt_ids[i] for i in rows], [response_ids[i] for i in rows], pad_id, side).to(device)
+
+
+def no_grad_micro_batches(
+    lengths: list[int], batch_size: int, min_rows: int, pack_sequences: bool
+) -> list[list[int]]:
+    """The no-grad passes' micro-batches: row-capped when packed, padding-aware when padded."""
+    if pack_sequences:
+        return packed_micro_batches(len(lengths), batch_size, min_rows)
+    return padding_aware_micro_batches(lengths, batch_size, min_rows=min(min_rows, batch_size))
 
 
 @torch.no_grad()
@@ -160,29 +196,31 @@ def reference_pass(
     temperature: float = 1.0,
     bootstrap_B: torch.Tensor | None = None,
     min_rows: int = 1,
+    pack_sequences: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(reference log-probs at `temperature`, endogenous token rewards) from one forward per micro-batch,
     [B, L] on CPU. Rows marked in `bootstrap_B` get logsumexp(z_{H+1}) after their last token (see
-    `reference_forward`). `min_rows`: see `padding_aware_micro_batches`."""
+    `reference_forward`). `min_rows`: see `padding_aware_micro_batches`; `pack_sequences`: see the module."""
     device = next(lm.parameters()).device
     width = max(len(r) for r in response_ids)
     # rank-local (a local frozen reference copy, or the policy whose full parameters collect() gathered): the
     # number of micro-batches may differ between processes
     lengths = sequence_lengths(prompt_ids, response_ids)
-    batches = padding_aware_micro_batches(lengths, batch_size, min_rows=min(min_rows, batch_size))
+    batches = no_grad_micro_batches(lengths, batch_size, min_rows, pack_sequences)
     logprobs, rewards = [], []
-    for rows in batches:
-        batch = packed(prompt_ids, response_ids, rows, pad_id, device)
-        cut_B = None if bootstrap_B is None else bootstrap_B[rows].to(device)
-        out = reference_forward(lm, batch, alpha, temperature=temperature, bootstrap_B=cut_B)
-        logprobs.append(out.logprobs_BL.float().cpu())
-        rewards.append(out.token_rewards_BL.float().cpu())
+    with varlen_attention(lm, pack_sequences):
+        for rows in batches:
+            batch = packed(prompt_ids, response_ids, rows, pad_id, device, pack_sequences)
+            cut_B = None if bootstrap_B is None else bootstrap_B[rows].to(device)
+            out = reference_forward(lm, batch, alpha, temperature=temperature, bootstrap_B=cut_B)
+            logprobs.append(out.logprobs_BL.float().cpu())
+            rewards.append(out.token_rewards_BL.float().cpu())
     return scatter_rows(logprobs, batches, width), scatter_rows(rewards, batches, width)
 
 
 @torch.no_grad()
 def policy_pass(
-    forward: Callable[..., dict[str, torch.Tensor]],
+    policy: torch.nn.Module,
     device: torch.device,
     prompt_ids: list[list[int]],
     response_ids: list[list[int]],
@@ -190,19 +228,22 @@ def policy_pass(
     batch_size: int,
     temperature: float = 1.0,
     min_rows: int = 1,
+    pack_sequences: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """The policy's log-probs and entropy at `temperature` (and values, with a value head) at sampling time,
-    [B, L] (or [B]) on CPU. `min_rows`: see `padding_aware_micro_batches`."""
+    """The policy's (a `PolicyModel`'s) log-probs and entropy at `temperature` (and values, with a value head)
+    at sampling time, [B, L] (or [B]) on CPU. `min_rows`: see `padding_aware_micro_batches`; `pack_sequences`:
+    see the module."""
     width = max(len(r) for r in response_ids)
     # rank-local (the unwrapped policy whose full parameters collect() gathered): the number of micro-batches
     # may differ between processes
     lengths = sequence_lengths(prompt_ids, response_ids)
-    batches = padding_aware_micro_batches(lengths, batch_size, min_rows=min(min_rows, batch_size))
+    batches = no_grad_micro_batches(lengths, batch_size, min_rows, pack_sequences)
     parts: dict[str, list[torch.Tensor]] = {}
-    for rows in batches:
-        out = forward(**vars(packed(prompt_ids, response_ids, rows, pad_id, device)), temperature=temperature)
-        for key, value in out.items():
-            parts.setdefault(key, []).append(value.float().cpu())
+    with varlen_attention(policy, pack_sequences):
+        for rows in batches:
+            batch = packed(prompt_ids, response_ids, rows, pad_id, device, pack_sequences)
+            for key, value in policy(**vars(batch), temperature=temperature).items():
+                parts.setdefault(key, []).append(value.float().cpu())
     return {key: scatter_rows(values, batches, width) for key, values in parts.items()}
 
 

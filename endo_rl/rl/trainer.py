@@ -241,15 +241,15 @@ class Trainer:
         rollout.loss_mask_BL = truncation.loss_mask(mask_BL, truncated_B, self.truncation)
         if self._needs_old_pass():
             with self._timed("old_logprobs"), without_cudnn_attention():
+                device, t = self.accelerator.device, loss_temperature(self.cfg)
                 old = rl.policy_pass(
                     policy,
-                    self.accelerator.device,
+                    device,
                     prompt_ids,
                     response_ids,
                     self.pad_id,
-                    rl.logprob_micro_batch(self.cfg.train),
-                    loss_temperature(self.cfg),
-                    rl.logprob_min_rows(self.cfg.model),
+                    temperature=t,
+                    **rl.pass_options(self.cfg),
                 )
             rollout.old_logprobs_BL, rollout.old_entropy_BL = old["logprobs_BL"], old["entropy_BL"]
             rollout.old_values_BL = old.get("values_BL")
@@ -267,31 +267,22 @@ class Trainer:
         """(reference log-probs on the policy's prompt at the sampling temperature, endogenous token rewards on
         the raw logits; truncated responses bootstrap logsumexp(z_{H+1}) under truncation=bootstrap)."""
         endo, prompt_ids = self.cfg.reward.endogenous, [p.prompt_ids for p in prompts]
-        mbs, min_rows = rl.logprob_micro_batch(self.cfg.train), rl.logprob_min_rows(self.cfg.model)
         bootstrap_B = truncated_B if self.truncation == "bootstrap" else None
+        kwargs = {"bootstrap_B": bootstrap_B, **rl.pass_options(self.cfg)}
         ref_logprobs_BL, endogenous_BL = rl.reference_pass(
             ref_lm,
             prompt_ids,
             response_ids,
             self.pad_id,
             endo.alpha,
-            mbs,
-            loss_temperature(self.cfg),
-            bootstrap_B,
-            min_rows,
+            temperature=loss_temperature(self.cfg),
+            **kwargs,
         )
         if endo.system_prompt is not None or self.reward_lm is not None:
             # a second forward, for the reward only: another model and/or the reward model's own prompt
             reward_prompt_ids = [p.reward_prompt_ids or p.prompt_ids for p in prompts]
             _, endogenous_BL = rl.reference_pass(
-                self.reward_lm or ref_lm,
-                reward_prompt_ids,
-                response_ids,
-                self.pad_id,
-                endo.alpha,
-                mbs,
-                bootstrap_B=bootstrap_B,
-                min_rows=min_rows,
+                self.reward_lm or ref_lm, reward_prompt_ids, response_ids, self.pad_id, endo.alpha, **kwargs
             )
         return ref_logprobs_BL, endogenous_BL
 

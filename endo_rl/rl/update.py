@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from endo_rl.core.config import ExperimentConfig
+from endo_rl.core.varlen import varlen_attention
 from endo_rl.rl import algorithms, distributed
 from endo_rl.rl import rollout as rl
 from endo_rl.rl.nonfinite import NonFiniteGuard
@@ -58,7 +59,13 @@ class PolicyUpdate:
 
         Returns the loss terms and clip fractions as means over the optimizer steps taken (first-pass
         diagnostics as they are); {} when no response is in the loss (all truncated under truncation=mask).
+        With `train.pack_sequences` the whole update, every backward included (gradient checkpointing
+        recomputes the attention there), runs under the varlen attention.
         """
+        with varlen_attention(self.model, self.cfg.train.pack_sequences):
+            return self._update(rollout, pad_id, guard, step)
+
+    def _update(self, rollout: rl.Rollout, pad_id: int, guard: NonFiniteGuard, step: int) -> dict[str, float]:
         cfg, acc = self.cfg, self.accelerator
         n = rollout.mask_BL.shape[0]
         minis = [slice(i, min(i + self.local_mini, n)) for i in range(0, n, self.local_mini)]
@@ -81,7 +88,8 @@ class PolicyUpdate:
                     with acc.accumulate(self.model):
                         if skipped:
                             continue
-                        batch = rl.packed(rollout.prompt_ids, rollout.response_ids, rows, pad_id, acc.device)
+                        ids = (rollout.prompt_ids, rollout.response_ids)
+                        batch = rl.packed(*ids, rows, pad_id, acc.device, cfg.train.pack_sequences)
                         losses = self.losses(rollout, rows, batch, denominator, tokens)
                         _accumulate(sums, losses, first_pass=epoch == 0)
                         if guard.bad({"loss": losses["loss"]}, step):
