@@ -36,7 +36,8 @@ def counted_varlen_calls():
     real = varlen.varlen_attention_forward
 
     def counting(module, query, key, value, attention_mask, **kwargs):
-        calls.append({"mask": attention_mask, "cu": kwargs.get("cu_seq_lens_q"), "shape": tuple(query.shape)})
+        cu, flash = kwargs.get("cu_seq_lens_q"), varlen.uses_flash(query)
+        calls.append({"mask": attention_mask, "cu": cu, "shape": tuple(query.shape), "flash": flash})
         return real(module, query, key, value, attention_mask, **kwargs)
 
     AttentionInterface.register(varlen.VARLEN, counting)
