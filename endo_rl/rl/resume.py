@@ -40,6 +40,7 @@ APPLIED_PREFIXES = (
     "train.on_nonfinite",
     "train.micro_batch_size",
     "train.logprob_micro_batch_size",
+    "train.pack_sequences",
     "generation.batch_size",
     "generation.backend",
     "generation.decode_attention",
