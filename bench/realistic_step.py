@@ -207,6 +207,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
         f"train.logprob_micro_batch_size={args.logprob_micro_batch}",
         f"model.compile_layers={str(args.compile_layers).lower()}",
         f"generation.compact_min_rows={args.compact_min_rows}",
+        f"train.pack_sequences={str(args.pack_sequences).lower()}",
     )
     cfg = config.load(None, overrides)
     model.get_output_embeddings().register_forward_hook(
@@ -266,6 +267,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
         **extra,
         "compile_layers": args.compile_layers,
         "compact_min_rows": args.compact_min_rows,
+        "pack_sequences": args.pack_sequences,
         **summarize_ours(args, record),
         "bare_last_step": bare,
     }
@@ -359,6 +361,12 @@ def parse(argv=None) -> argparse.Namespace:
         default=8,
         help="ours: generation.compact_min_rows (finished rows dropped down to this many; 0: every row decodes "
         "to the end of the call, as up to run 5)",
+    )
+    p.add_argument(
+        "--pack-sequences",
+        action="store_true",
+        help="ours: train.pack_sequences=true (reference, old-log-prob and update passes on packed micro-batches "
+        "with varlen attention; the bare passes stay padded)",
     )
     p.add_argument("--stop-p", type=float, default=1 / 256)
     p.add_argument(
