@@ -18,7 +18,9 @@ alone, each captured as its own graph and replayed (median of 30 replays, ms):
   host and device together (`sampling_graph_ms`: the same captured, the device's share);
 - `step_hooked_ms`: the whole step at the largest window with the benchmark's stop-token hook on the LM head
   (every other part runs without it);
-- `kernels`: torch.profiler over replays of the step's graph, kernel time per step by category.
+- `kernels`: torch.profiler over replays of the step's graph, kernel time per step by category;
+- `by_rows`: per number of decoded rows (64, 32, 16, 8: after finished rows are dropped), the whole step at
+  two windows, the stacked GEMMs alone, the work outside the graph and the kernel time by category.
 
 On a CPU (a check of the script only) every part runs eagerly and no bound is computed.
 Used by `realistic_step.py --parts decode_parts`.
@@ -35,6 +37,8 @@ from grpo_step import copy_bandwidth, timed  # bench/ is on sys.path (realistic_
 from profile_step import category
 
 BATCH = 64
+ROWS = (64, 32, 16, 8)
+"""The decoded row counts `by_rows` times: the halvings of 64 down to generation.compact_min_rows' default."""
 
 
 def part_ms(fn, device: str, replays: int = 30) -> float:
@@ -52,12 +56,12 @@ def weight_bytes(weights, head: torch.Tensor) -> int:
     )
 
 
-def matmul_chain(weights, head: torch.Tensor, fused: bool):
-    """The projections of every layer and the LM head on fixed [B, 1, *] inputs, nothing between them.
+def matmul_chain(weights, head: torch.Tensor, fused: bool, rows: int = BATCH):
+    """The projections of every layer and the LM head on fixed [rows, 1, *] inputs, nothing between them.
     `fused`: Q/K/V and gate/up as one GEMM each, over weights concatenated here (extra memory)."""
     w0 = weights[0]
-    x = torch.randn(BATCH, 1, w0.wq.shape[1], device=head.device, dtype=head.dtype)
-    xi = torch.randn(BATCH, 1, w0.wd.shape[1], device=head.device, dtype=head.dtype)
+    x = torch.randn(rows, 1, w0.wq.shape[1], device=head.device, dtype=head.dtype)
+    xi = torch.randn(rows, 1, w0.wd.shape[1], device=head.device, dtype=head.dtype)
     if fused:
         mats = [(torch.cat([w.wq, w.wk, w.wv]), w.wo, torch.cat([w.wg, w.wu]), w.wd) for w in weights]
     else:
@@ -110,20 +114,22 @@ def step_kernels(fn, device: str, replays: int = 5) -> dict:
     }
 
 
-def sampling_loop(decoder, device: str):
-    """One token's work outside the graph, as `generate_rows` does it (temperature 1, no top-p/k)."""
+def sampling_loop(decoder, device: str, rows: int = BATCH):
+    """One token's work outside the graph, as `generate_rows` does it (temperature 1, no top-p/k), for `rows`
+    decoded rows."""
     from endo_rl.generation.static import sample
 
-    logits = torch.randn(BATCH, decoder.model.config.vocab_size, device=device)
+    logits = torch.randn(rows, decoder.model.config.vocab_size, device=device)
     stop = torch.tensor([0], device=device)
-    done = torch.zeros(BATCH, dtype=torch.bool, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    origin = torch.arange(rows, device=device)
     out = torch.zeros(BATCH, 8, dtype=torch.long, device=device)
 
     def run():
         token = sample(logits, 1.0, 1.0, 0).masked_fill(done, 0)
-        out[:, 3] = token
+        out[origin, 3] = token
         done.logical_or_(torch.isin(token, stop))
-        decoder.token_B1.copy_(token[:, None])
+        decoder.token_B1[:rows].copy_(token[:, None])
         decoder.position_B1.add_(0)  # as `decode`'s position += 1, without moving it
         decoder.slot_1.add_(0)
 
@@ -150,6 +156,28 @@ def attention_variants(q, k, v, valid_BS, scale: float) -> dict:
 
     out = {f"sdpa_{m}": (lambda m=m: sdpa(masks[m])) for m in masks}
     out.update({f"grouped_{m}": (lambda m=m: grouped(masks[m])) for m in masks})
+    return out
+
+
+def by_rows(decoder, weights, head: torch.Tensor, windows: list[int], device: str) -> dict:
+    """Per number of decoded rows (what the decoder runs after dropping finished rows, `StaticDecoder.compact`):
+    the whole step at the smallest and largest window, the stacked GEMMs alone, the per-token work outside
+    the graph, and the step's kernel time by category at the largest window."""
+    out = {}
+    for rows in ROWS:
+        part = {
+            f"step_ms_{w}": part_ms(lambda w=w, r=rows: decoder._decode_step(r, w), device)
+            for w in windows[::-1][:2]
+        }
+        chain = matmul_chain(weights, head, fused=True, rows=rows)
+        part["matmuls_fused_ms"] = part_ms(chain, device)
+        del chain
+        sampling = sampling_loop(decoder, device, rows)
+        part["sampling_ms"] = 1e3 * statistics.median(timed(sampling, device, repeat=30, warmup=3))
+        kernels = step_kernels(lambda r=rows: decoder._decode_step(r, windows[-1]), device)
+        part["kernel_ms_by_category"] = kernels["by_category_ms"]
+        part["kernels_per_step"] = kernels["kernels_per_step"]
+        out[rows] = part
     return out
 
 
@@ -220,6 +248,7 @@ def breakdown(model, prompts: list[list[int]], pad_id: int, max_new: int, device
         out["sampling_graph_ms"] = part_ms(sampling, device)
     except RuntimeError as e:  # an op that cannot be captured: say so, keep the rest
         out["sampling_graph_ms"] = f"not capturable: {str(e).splitlines()[0][:200]}"
+    out["by_rows"] = by_rows(decoder, separate, head, windows, device)
     if hook is not None:
         handle = model.get_output_embeddings().register_forward_hook(hook)
         out["step_hooked_ms"] = part_ms(lambda: decoder._decode_step(BATCH, windows[-1]), device)

@@ -54,14 +54,15 @@ def check_decoder_logits(decoder, prompts, continuation_BT, expected) -> None:
             logits = decoder.decode(continuation_BT[:, t])
 
 
-def small_qwen(dtype=torch.float64, seed: int = 0):
-    """A random Qwen2 with a 1000-token vocabulary (the real one makes each step 150x slower on a CPU)."""
+def small_qwen(dtype=torch.float64, seed: int = 0, hidden: int = 32):
+    """A random Qwen2 with a 1000-token vocabulary (the real one makes each step 150x slower on a CPU); 4 heads
+    of hidden / 4 dims (compiled FlexAttention needs >= 16)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     cfg = Qwen2Config(
         vocab_size=1000,
-        hidden_size=32,
+        hidden_size=hidden,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,

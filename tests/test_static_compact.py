@@ -73,8 +73,8 @@ def test_compact_refuses_more_rows_and_decode_checks_the_row_count():
     assert decoder.rows == 4
 
 
-def greedy_tokens(model, prompts, stop_ids, min_rows):
-    generator = StaticDecoderGenerator(model, batch_size=16, window=8, compact_min_rows=min_rows)
+def greedy_tokens(model, prompts, stop_ids, min_rows, window=8):
+    generator = StaticDecoderGenerator(model, batch_size=16, window=window, compact_min_rows=min_rows)
     greedy = SamplingConfig(max_new_tokens=64, temperature=0)
     completions = generator.generate(prompts, greedy, stop_ids, PAD)
     return [c.token_ids for c in completions], generator.decoders[16]
@@ -99,3 +99,23 @@ def test_compact_min_rows_is_checked():
     assert GenerationConfig().compact_min_rows == 8
     with pytest.raises(UserError, match="generation.compact_min_rows"):
         GenerationConfig(compact_min_rows=-1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("attention", ATTENTION)
+def test_compaction_with_cuda_graphs_gives_the_same_greedy_tokens(attention):
+    """On CUDA: compiled layers, one CUDA graph per (rows, window) in one shared memory pool; float64 so that
+    no greedy choice is a near tie between batch sizes' GEMM kernels; head dim 16 (compiled flex's least)."""
+    model = small_qwen(hidden=64).cuda()
+    free, _ = greedy_tokens(model, PROMPTS, [-1], min_rows=0)
+    stop_ids = sorted({free[r][2 + 4 * r] for r in range(15)})
+    generator = StaticDecoderGenerator(
+        model, batch_size=16, window=8, compact_min_rows=0, attention=attention
+    )
+    greedy = SamplingConfig(max_new_tokens=64, temperature=0)
+    plain = [c.token_ids for c in generator.generate(PROMPTS, greedy, stop_ids, PAD)]
+    generator.compact_min_rows = 2
+    compacted = [c.token_ids for c in generator.generate(PROMPTS, greedy, stop_ids, PAD)]
+    assert {rows for rows, _ in generator.decoders[16].graphs} == {16, 8, 2}
+    assert compacted == plain
