@@ -163,18 +163,20 @@ def by_rows(decoder, weights, head: torch.Tensor, windows: list[int], device: st
     """Per number of decoded rows (what the decoder runs after dropping finished rows, `StaticDecoder.compact`):
     the whole step at the smallest and largest window, the stacked GEMMs alone, the per-token work outside
     the graph, and the step's kernel time by category at the largest window."""
+
+    def step(rows: int, width: int):
+        decoder.slot_1.fill_(width - 1)  # the new token's slot inside the window, as in decoding
+        return lambda: decoder._decode_step(rows, width)
+
     out = {}
     for rows in ROWS:
-        part = {
-            f"step_ms_{w}": part_ms(lambda w=w, r=rows: decoder._decode_step(r, w), device)
-            for w in windows[::-1][:2]
-        }
+        part = {f"step_ms_{w}": part_ms(step(rows, w), device) for w in (windows[0], windows[-1])}
         chain = matmul_chain(weights, head, fused=True, rows=rows)
         part["matmuls_fused_ms"] = part_ms(chain, device)
         del chain
         sampling = sampling_loop(decoder, device, rows)
         part["sampling_ms"] = 1e3 * statistics.median(timed(sampling, device, repeat=30, warmup=3))
-        kernels = step_kernels(lambda r=rows: decoder._decode_step(r, windows[-1]), device)
+        kernels = step_kernels(step(rows, windows[-1]), device)
         part["kernel_ms_by_category"] = kernels["by_category_ms"]
         part["kernels_per_step"] = kernels["kernels_per_step"]
         out[rows] = part

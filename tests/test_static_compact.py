@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import small_qwen
 
+from endo_rl.core import config
 from endo_rl.core.batch import left_pad
 from endo_rl.core.config import GenerationConfig
 from endo_rl.core.errors import UserError
@@ -97,17 +98,17 @@ def test_generation_with_compaction_gives_the_same_greedy_tokens():
 
 def test_compact_min_rows_is_checked():
     assert GenerationConfig().compact_min_rows == 8
-    with pytest.raises(UserError, match="generation.compact_min_rows"):
-        GenerationConfig(compact_min_rows=-1)
+    with pytest.raises(UserError, match="generation.compact_min_rows' must be an integer >= 0"):
+        config.load(None, ["generation.compact_min_rows=-1"])
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("attention", ATTENTION)
 def test_compaction_with_cuda_graphs_gives_the_same_greedy_tokens(attention):
-    """On CUDA: compiled layers, one CUDA graph per (rows, window) in one shared memory pool; float64 so that
-    no greedy choice is a near tie between batch sizes' GEMM kernels; head dim 16 (compiled flex's least)."""
-    model = small_qwen(hidden=64).cuda()
+    """On CUDA: compiled layers, one CUDA graph per (rows, window) in one shared memory pool; float32 (compiled
+    flex has no float64 kernel; full float32 GEMMs, no TF32) and head dim 16 (compiled flex's least)."""
+    model = small_qwen(torch.float32, hidden=64).cuda()
     free, _ = greedy_tokens(model, PROMPTS, [-1], min_rows=0)
     stop_ids = sorted({free[r][2 + 4 * r] for r in range(15)})
     generator = StaticDecoderGenerator(
