@@ -14,13 +14,16 @@ alone, each captured as its own graph and replayed (median of 30 replays, ms):
   at the middle window, with each variant's largest difference from the decoder's "sdpa";
 - `layers_no_attention_ms`: every layer's two compiled halves with a fixed attention output (norms,
   projections, rotary, SiLU, residuals: the step without attention, embedding and LM head);
-- `sampling_ms`: the per-token work outside the graph (sampling, stop check, buffer updates), eager, per token,
-  host and device together (`sampling_graph_ms`: the same captured, the device's share);
+- `step_sampled_ms`: the whole step at the largest window with the next token sampled inside it, as
+  `generate_rows` runs it (temperature 1);
+- `outside_graph_ms`: the per-token work left outside the graph (masking finished rows, storing the token,
+  the stop check, feeding the decoder), eager, per token, host and device together;
 - `step_hooked_ms`: the whole step at the largest window with the benchmark's stop-token hook on the LM head
   (every other part runs without it);
 - `kernels`: torch.profiler over replays of the step's graph, kernel time per step by category;
 - `by_rows`: per number of decoded rows (64, 32, 16, 8: after finished rows are dropped), the whole step at
-  two windows, the stacked GEMMs alone, the work outside the graph and the kernel time by category.
+  two windows (and with sampling at the largest), the stacked GEMMs alone, the work outside the graph and the
+  kernel time by category.
 
 On a CPU (a check of the script only) every part runs eagerly and no bound is computed.
 Used by `realistic_step.py --parts decode_parts`.
@@ -114,19 +117,18 @@ def step_kernels(fn, device: str, replays: int = 5) -> dict:
     }
 
 
-def sampling_loop(decoder, device: str, rows: int = BATCH):
-    """One token's work outside the graph, as `generate_rows` does it (temperature 1, no top-p/k), for `rows`
-    decoded rows."""
-    from endo_rl.generation.static import sample
-
-    logits = torch.randn(rows, decoder.model.config.vocab_size, device=device)
+def outside_graph_loop(decoder, device: str, rows: int = BATCH):
+    """One token's work left outside the graph, as `generate_rows` does it for `rows` decoded rows: finished
+    rows' tokens masked, the tokens stored, the stop check, the tokens fed to the decoder (sampling itself
+    runs inside the step's graph, `step_sampled_ms`)."""
+    next_token = torch.randint(0, decoder.model.config.vocab_size, (rows,), device=device)
     stop = torch.tensor([0], device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     origin = torch.arange(rows, device=device)
     out = torch.zeros(BATCH, 8, dtype=torch.long, device=device)
 
     def run():
-        token = sample(logits, 1.0, 1.0, 0).masked_fill(done, 0)
+        token = next_token.masked_fill(done, 0)
         out[origin, 3] = token
         done.logical_or_(torch.isin(token, stop))
         decoder.token_B1[:rows].copy_(token[:, None])
@@ -161,12 +163,13 @@ def attention_variants(q, k, v, valid_BS, scale: float) -> dict:
 
 def by_rows(decoder, weights, head: torch.Tensor, windows: list[int], device: str) -> dict:
     """Per number of decoded rows (what the decoder runs after dropping finished rows, `StaticDecoder.compact`):
-    the whole step at the smallest and largest window, the stacked GEMMs alone, the per-token work outside
-    the graph, and the step's kernel time by category at the largest window."""
+    the whole step at the smallest and largest window (and with sampling inside it at the largest), the stacked
+    GEMMs alone, the per-token work outside the graph, and the step's kernel time by category at the largest
+    window."""
 
-    def step(rows: int, width: int):
+    def step(rows: int, width: int, sampling: tuple | None = None):
         decoder.slot_1.fill_(width - 1)  # the new token's slot inside the window, as in decoding
-        return lambda: decoder._decode_step(rows, width)
+        return lambda: decoder._decode_step(rows, width, sampling)
 
     out = {}
     for rows in ROWS:
@@ -174,8 +177,9 @@ def by_rows(decoder, weights, head: torch.Tensor, windows: list[int], device: st
         chain = matmul_chain(weights, head, fused=True, rows=rows)
         part["matmuls_fused_ms"] = part_ms(chain, device)
         del chain
-        sampling = sampling_loop(decoder, device, rows)
-        part["sampling_ms"] = 1e3 * statistics.median(timed(sampling, device, repeat=30, warmup=3))
+        outside = outside_graph_loop(decoder, device, rows)
+        part["outside_graph_ms"] = 1e3 * statistics.median(timed(outside, device, repeat=30, warmup=3))
+        part["step_sampled_ms"] = part_ms(step(rows, windows[-1], (1.0, 1.0, 0)), device)
         kernels = step_kernels(step(rows, windows[-1]), device)
         part["kernel_ms_by_category"] = kernels["by_category_ms"]
         part["kernels_per_step"] = kernels["kernels_per_step"]
@@ -244,12 +248,10 @@ def breakdown(model, prompts: list[list[int]], pad_id: int, max_new: int, device
             x = post(x, attn_out, w, decoder.eps)
 
     out["layers_no_attention_ms"] = part_ms(no_attention, device)
-    sampling = sampling_loop(decoder, device)
-    out["sampling_ms"] = 1e3 * statistics.median(timed(sampling, device, repeat=30, warmup=3))
-    try:
-        out["sampling_graph_ms"] = part_ms(sampling, device)
-    except RuntimeError as e:  # an op that cannot be captured: say so, keep the rest
-        out["sampling_graph_ms"] = f"not capturable: {str(e).splitlines()[0][:200]}"
+    outside = outside_graph_loop(decoder, device)
+    out["outside_graph_ms"] = 1e3 * statistics.median(timed(outside, device, repeat=30, warmup=3))
+    decoder.slot_1.fill_(windows[-1] - 1)
+    out["step_sampled_ms"] = part_ms(lambda: decoder._decode_step(BATCH, windows[-1], (1.0, 1.0, 0)), device)
     out["by_rows"] = by_rows(decoder, separate, head, windows, device)
     if hook is not None:
         handle = model.get_output_embeddings().register_forward_hook(hook)

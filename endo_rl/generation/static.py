@@ -3,7 +3,8 @@
 HF `generate` with its dynamic cache spends most of a decode step in Python and small kernel launches
 (about 20 ms per token at 7B on an H200 against a 3.5 ms weight-read floor). Here the decode step has fixed
 shapes (batch, one token, the whole cache length), so on CUDA it is captured once as a CUDA graph and replayed:
-one launch per token. The prefill runs the model's own modules; a decode step reads the model's weights directly
+one launch per token. The next token is sampled inside the same graph (`categorical`: multinomial's draw
+without its per-token device sync). The prefill runs the model's own modules; a decode step reads the model's weights directly
 (norms, projections, MLP, rotary tables, LM head), with our attention over the static cache and our cache writes.
 
 Fused projections (default): a decode step reads Q/K/V as one stacked weight, one GEMM instead of three (at
@@ -139,14 +140,14 @@ class StaticDecoder:
         self.next_slot = 0  # host copy of slot_1: picks the window without a device sync
         self.rows = batch_size
         """The rows a decode step runs: the first `rows` of every buffer (fewer after `compact`)."""
-        self.logits_BV: torch.Tensor | None = None
         self.use_cuda_graph = use_cuda_graph and self.device.type == "cuda"
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        """Per (rows, window width): the captured decode step and the logits buffer it writes."""
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        """Per (rows, window width, sampling): the captured decode step and the buffer it writes (logits, or
+        the sampled tokens)."""
         self.graph_pool = torch.cuda.graph_pool_handle() if self.use_cuda_graph else None
         """One memory pool for all the graphs: one's intermediates may reuse another's memory, so a graph per
         (rows, width) costs little. Safe here because the graphs never run concurrently and a replay's logits
-        are read before the next replay (of this or another graph) may overwrite them."""
+        (or tokens) are read before the next replay (of this or another graph) may overwrite them."""
         self.dims = (self.n_heads, self.n_kv, self.head_dim)
         self.eps = cfg.rms_norm_eps
         if compile is True:  # by default compiled only on CUDA, where kernel count is what a step is short of
@@ -227,8 +228,9 @@ class StaticDecoder:
         logits = self.model.get_output_embeddings()(self.backbone.norm(x[:, -1])).float()
         return logits if copies is None else logits[copies]
 
-    def _decode_step(self, rows: int, width: int) -> torch.Tensor:
-        """One token for each of the first `rows` rows, attending to cache slots [0, width)."""
+    def _decode_step(self, rows: int, width: int, sampling: tuple | None = None) -> torch.Tensor:
+        """One token for each of the first `rows` rows, attending to cache slots [0, width): the next-token
+        logits [rows, V], or with `sampling` = (temperature, top_p, top_k) the next tokens [rows] (`sample`)."""
         valid_RS = self.key_valid_BS[:rows]
         valid_RS.index_fill_(1, self.slot_1, True)
         mask = step_mask(valid_RS[:, :width], self.attention, self.dtype)  # once for every layer
@@ -238,18 +240,25 @@ class StaticDecoder:
         for i, w in enumerate(self.weights):
             k, v = self.k_cache[i, :rows, :, :width], self.v_cache[i, :rows, :, :width]
             x = decode_layer(self.layer_fns, x, w, k, v, cos, sin, *rest)
-        return self.model.get_output_embeddings()(self.backbone.norm(x[:, -1])).float()
+        logits_RV = self.model.get_output_embeddings()(self.backbone.norm(x[:, -1])).float()
+        return logits_RV if sampling is None else sample(logits_RV, *sampling)
 
-    def _capture(self, rows: int, width: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(
+        self, rows: int, width: int, sampling: tuple | None
+    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         saved = [t.clone() for t in (self.key_valid_BS, self.slot_1, self.position_B1)]
-        graph, logits_RV = capture_cuda_graph(lambda: self._decode_step(rows, width), pool=self.graph_pool)
+        graph, out = capture_cuda_graph(
+            lambda: self._decode_step(rows, width, sampling), pool=self.graph_pool
+        )
         for buf, value in zip((self.key_valid_BS, self.slot_1, self.position_B1), saved, strict=True):
             buf.copy_(value)
-        return graph, logits_RV
+        return graph, out
 
     @torch.no_grad()
-    def decode(self, token_R: torch.Tensor) -> torch.Tensor:
-        """Feed one token to each decoded row at the next cache slot; returns next-token logits [R, V]."""
+    def decode(self, token_R: torch.Tensor, sampling: tuple | None = None) -> torch.Tensor:
+        """Feed one token to each decoded row at the next cache slot; returns next-token logits [R, V], or with
+        `sampling` = (temperature, top_p, top_k) the sampled next tokens [R], drawn inside the same CUDA graph
+        (one replay per token, no device sync)."""
         if self.next_slot >= self.max_len:
             raise ValueError(f"the decoder's cache of {self.max_len} slots is full")
         if token_R.shape != (self.rows,):
@@ -259,17 +268,17 @@ class StaticDecoder:
         width = min(self.max_len, -(-(self.next_slot + 1) // self.window) * self.window)
         self.token_B1[: self.rows].copy_(token_R[:, None])
         if self.use_cuda_graph:
-            key = (self.rows, width)
+            key = (self.rows, width, sampling)
             if key not in self.graphs:
                 self.graphs[key] = self._capture(*key)
-            graph, self.logits_BV = self.graphs[key]
+            graph, out = self.graphs[key]
             graph.replay()
         else:
-            self.logits_BV = self._decode_step(self.rows, width)
+            out = self._decode_step(self.rows, width, sampling)
         self.position_B1 += 1
         self.slot_1 += 1
         self.next_slot += 1
-        return self.logits_BV
+        return out
 
     @torch.no_grad()
     def compact(self, keep_R: torch.Tensor) -> None:
@@ -302,7 +311,19 @@ def sample(logits_BV: torch.Tensor, temperature: float, top_p: float, top_k: int
         cumulative = sorted_BV.softmax(-1).cumsum(-1)
         drop = cumulative - sorted_BV.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
         logits_BV = logits_BV.scatter(-1, order_BV, sorted_BV.masked_fill(drop, float("-inf")))
-    return torch.multinomial(logits_BV.softmax(-1), 1).squeeze(-1)
+    return categorical(logits_BV.softmax(-1))
+
+
+def categorical(probs_BV: torch.Tensor) -> torch.Tensor:
+    """One draw per row from `probs_BV`: argmax(p / q), q ~ Exp(1) (the Gumbel-max trick in exponential form).
+
+    This is what `torch.multinomial(p, 1)` computes (its one-sample path), and with the same generator state it
+    draws the same tokens, but without multinomial's validity check: that check reads the probabilities' min
+    and max back to the host, a device sync at every token, and it cannot be captured in a CUDA graph. Here the
+    sampling runs inside the decode step's graph. (CUDA's exponential never returns 0; the same caveat as
+    multinomial's applies on CPUs, where a 0 has probability about 2^-53 in float64.)"""
+    q_BV = torch.empty_like(probs_BV).exponential_(1)
+    return (probs_BV / q_BV).argmax(-1)
 
 
 def compacted_rows(live: int, rows: int, min_rows: int) -> int:
@@ -338,15 +359,15 @@ def generate_rows(
         ids = F.pad(ids, (width - ids.shape[1], 0), value=pad_id)
         mask = F.pad(mask, (width - mask.shape[1], 0), value=0)
     logits = decoder.prefill(ids.to(decoder.device), mask.to(decoder.device))
+    params = (sampling.temperature, sampling.top_p, sampling.top_k)
+    next_R = sample(logits, *params)
     stop = torch.tensor(list(stop_ids), device=decoder.device)
     origin_R = torch.arange(B, device=decoder.device)  # the micro-batch row each decoded row is
     done_R = origin_R >= n  # the filler copies count as finished
     max_new = sampling.max_new_tokens
     out = torch.full((B, max_new), pad_id, dtype=torch.long, device=decoder.device)
     for t in range(max_new):
-        token_R = sample(logits, sampling.temperature, sampling.top_p, sampling.top_k).masked_fill(
-            done_R, pad_id
-        )
+        token_R = next_R.masked_fill(done_R, pad_id)  # a copy: the next replay rewrites next_R's buffer
         out[origin_R, t] = token_R
         done_R |= torch.isin(token_R, stop)
         if t % 16 == 15:  # a host sync every 16 tokens, not every token
@@ -359,5 +380,5 @@ def generate_rows(
                 decoder.compact(keep_R)
                 origin_R, done_R, token_R = origin_R[keep_R], done_R[keep_R], token_R[keep_R]
         if t + 1 < max_new:
-            logits = decoder.decode(token_R)
+            next_R = decoder.decode(token_R, params)  # the step and the sampling in one graph replay
     return out[:n].tolist()
