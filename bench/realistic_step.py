@@ -364,9 +364,11 @@ def parse(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--pack-sequences",
-        action="store_true",
-        help="ours: train.pack_sequences=true (reference, old-log-prob and update passes on packed micro-batches "
-        "with varlen attention; the bare passes stay padded)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ours: train.pack_sequences (default on, as the config's default: reference, old-log-prob and "
+        "update passes on packed micro-batches with varlen attention; the bare passes stay padded; "
+        "--no-pack-sequences: right-padded, as up to run 5)",
     )
     p.add_argument("--stop-p", type=float, default=1 / 256)
     p.add_argument(

@@ -208,7 +208,7 @@ class TrainConfig:
     """Sequences per forward/backward pass (gradient accumulation covers the rest of a mini-batch)."""
     logprob_micro_batch_size: int | None = None
     """At most this many sequences per no-grad pass (reference, PPO's old pass); None: micro_batch_size."""
-    pack_sequences: bool = False
+    pack_sequences: bool = True
     """No-grad passes and update on packed micro-batches (one row, attention per sequence): no padding computed."""
     lr: float = 1e-6
     """Peak learning rate (AdamW)."""

@@ -64,8 +64,13 @@ def _sdpa_per_sequence(q_1HNd, k_1KNd, v_1KNd, cu_seqlens_S, scale: float) -> to
 
 
 def uses_flash(query: torch.Tensor) -> bool:
-    """Whether `varlen_attention_forward` takes the flash kernel for this query (else the per-sequence loop)."""
-    return query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
+    """Whether `varlen_attention_forward` takes the flash kernel for this query (else the per-sequence loop):
+    fp16/bf16 on a CUDA GPU of compute capability 8.0 or later (PyTorch's FlashAttention-2 kernels need it)."""
+    return (
+        query.is_cuda
+        and query.dtype in (torch.float16, torch.bfloat16)
+        and torch.cuda.get_device_capability(query.device) >= (8, 0)
+    )
 
 
 def varlen_attention_forward(
