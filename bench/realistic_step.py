@@ -243,6 +243,7 @@ def part_ours(args, model, tokenizer, algo: str = "grpo") -> dict:
             "compiles_per_step": compiles,
             "compiles_before": before,
             "peak_gib_per_step": peaks,
+            "pack_sequences": args.pack_sequences,
         }
         save_partial(args, record)
     rollout, phases = last["rollout"], metrics[-1]

@@ -63,6 +63,10 @@ def analyse(results: dict, shape: str) -> dict:
         r["computed_row_order_per_step"] = statistics.mean(s["computed_tokens_row_order"] for s in steps)
         if all("computed_tokens_logprob" in s for s in steps):  # absent from runs before it was recorded
             r["computed_logprob_per_step"] = statistics.mean(s["computed_tokens_logprob"] for s in steps)
+        if r.get(
+            "pack_sequences"
+        ):  # packed micro-batches compute no padding (per_step holds the padded count)
+            r["computed_per_step"] = r["computed_logprob_per_step"] = r["tokens_per_step"]
         r["longest_mean"] = statistics.mean(s["longest_response"] for s in steps)
     if ceilings and "decode" in results and "ms_per_step" in results["decode"]:
         bound_ms = 1e3 * 2 * (sizes["layers"] + sizes["head"]) / ceilings["copy_bytes_per_s"]
@@ -175,6 +179,7 @@ def summarize_ours(args, record: dict) -> dict:
         "phase_times": record["phase_times"][w:],
         "compiles_per_step": compiles,
         "compiles_after_warmup": None if start is None else compiles[-1] - start,
+        **({"pack_sequences": record["pack_sequences"]} if "pack_sequences" in record else {}),
     }
 
 

@@ -169,14 +169,16 @@ def test_zero3_is_refused_naming_the_key():
 
 def test_training_with_compiled_layers_checkpoints_and_resumes(tiny_model_dir, tmp_path):
     """The tiny CPU recipe (PPO, HF generate through the compiled layers) for one step, then resumed for the
-    second: the checkpoint loads into the compiled policy and the export has the model's own names."""
+    second: the checkpoint loads into the compiled policy and the export has the model's own names. Right-padded
+    passes: on a CPU packed ones attend through a per-sequence loop that runs eagerly between the compiled parts
+    of each layer (graph breaks: more frames; on a GPU the flash kernel compiles with the layer)."""
     from safetensors.torch import load_file
     from test_train import tiny_cfg
 
     from endo_rl.rl.run_log import read_metrics
     from endo_rl.rl.trainer import run
 
-    on = ["model.compile_layers=true", "model.gradient_checkpointing=true"]
+    on = ["model.compile_layers=true", "model.gradient_checkpointing=true", "train.pack_sequences=false"]
     run(tiny_cfg(tiny_model_dir, tmp_path, *on, "train.max_steps=1"))
     # the no-grad and training variants of the layer only: HF generate runs the layers eagerly (its KV cache
     # objects would recompile them per layer until dynamo's recompile limit)

@@ -93,3 +93,15 @@ def test_a_part_cut_inside_its_warm_up_is_reported_and_leaves_the_other_rows():
     assert results["ours"]["summary_error"] == "1 steps recorded, none after the 1 warm-up steps"
     rows = table(analyse(results, "7b")).splitlines()
     assert len(rows) == 3 and rows[2].startswith("| endo_rl PPO (cut after 2 steps) | 11.00 |")
+
+
+@pytest.mark.parametrize("packed, expected", [(False, "1.05"), (True, "1.00")])
+def test_a_packed_run_computes_its_real_tokens(packed, expected):
+    """per_step holds the padded micro-batches' count either way; a packed run's passes compute no padding."""
+    record = ours_record([30.0, 10.0, 10.0])
+    record["pack_sequences"] = packed
+    results = {"command": COMMAND, "ours": {"error": "timed out", "partial": record}}
+    summarize_cut(results, parse(COMMAND.split()[2:]))
+    results["ceilings"] = {"copy_bytes_per_s": 4.1e12, "matmul_flops": 7.8e14}
+    r = analyse(results, "7b")["ours"]
+    assert f"{r['computed_per_step'] / r['tokens_per_step']:.2f}" == expected

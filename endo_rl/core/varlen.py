@@ -45,8 +45,10 @@ def _flash(q_NHd, k_NKd, v_NKd, cu_seqlens_S, max_seqlen: int, scale: float) -> 
     return out[0]
 
 
+@torch.compiler.disable  # a loop over the boundaries' values: compiled, it would recompile for each new set
 def _sdpa_per_sequence(q_1HNd, k_1KNd, v_1KNd, cu_seqlens_S, scale: float) -> torch.Tensor:
-    """Causal SDPA on each sequence's slice of the row, [N, H, d]: exact, for CPUs and dtypes flash lacks."""
+    """Causal SDPA on each sequence's slice of the row, [N, H, d]: exact, for CPUs and dtypes flash lacks.
+    Under `model.compile_layers` it runs eagerly between the compiled parts of a layer."""
     gqa = k_1KNd.shape[1] != q_1HNd.shape[1]
     bounds = cu_seqlens_S.tolist()
     parts = [
