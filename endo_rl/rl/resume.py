@@ -44,6 +44,7 @@ APPLIED_PREFIXES = (
     "generation.batch_size",
     "generation.backend",
     "generation.decode_attention",
+    "generation.compact_min_rows",
     "model.gradient_checkpointing",
     "model.compile_layers",
 )
