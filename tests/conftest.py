@@ -54,27 +54,36 @@ def check_decoder_logits(decoder, prompts, continuation_BT, expected) -> None:
             logits = decoder.decode(continuation_BT[:, t])
 
 
-def small_qwen(dtype=torch.float64, seed: int = 0, hidden: int = 32):
-    """A random Qwen2 with a 1000-token vocabulary (the real one makes each step 150x slower on a CPU); 4 heads
-    of hidden / 4 dims (compiled FlexAttention needs >= 16)."""
+def small_qwen(
+    dtype=torch.float64,
+    seed: int = 0,
+    hidden: int = 32,
+    heads: int = 4,
+    intermediate: int = 64,
+    head_std: float = 1.0,
+):
+    """A random Qwen2 with a 1000-token vocabulary (the real one makes each step 150x slower on a CPU), `heads`
+    query heads of hidden / heads dims (compiled FlexAttention needs >= 16) over 2 KV heads; the LM head drawn
+    with std `head_std` (1: wide logits, so sampled and greedy tokens vary)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     cfg = Qwen2Config(
         vocab_size=1000,
         hidden_size=hidden,
-        intermediate_size=64,
+        intermediate_size=intermediate,
         num_hidden_layers=2,
-        num_attention_heads=4,
+        num_attention_heads=heads,
         num_key_value_heads=2,
         tie_word_embeddings=False,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=0,
+        attn_implementation="sdpa",
     )
     model = Qwen2ForCausalLM(cfg).to(dtype)
-    with torch.no_grad():  # widen the logits so sampled and greedy tokens vary
-        model.lm_head.weight.normal_(0, 1.0)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, head_std)
     return model.eval()
 
 

@@ -11,6 +11,7 @@ import contextlib
 
 import pytest
 import torch
+from conftest import small_qwen
 from test_packing import counted_varlen_calls, uneven
 
 from endo_rl.core import varlen
@@ -27,25 +28,10 @@ HALF = [torch.bfloat16, torch.float16]
 
 
 def qwen(dtype: torch.dtype, device: str, seed: int = 0):
-    """A random Qwen2 with head size 64 and 4 query heads per KV head (the flash kernel's usual shapes)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=1000,
-        hidden_size=512,
-        intermediate_size=1024,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        attn_implementation="sdpa",
-    )
-    model = Qwen2ForCausalLM(cfg).to(torch.float64)
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0, 0.2)
-    return model.to(device=device, dtype=dtype).eval()
+    """A random Qwen2 with head size 64 and 4 query heads per KV head (the flash kernel's usual shapes), drawn in
+    float64 and cast, so every dtype's copy holds the same weights."""
+    model = small_qwen(torch.float64, seed, hidden=512, heads=8, intermediate=1024, head_std=0.2)
+    return model.to(device=device, dtype=dtype)
 
 
 def error(x: torch.Tensor, truth: torch.Tensor) -> float:

@@ -71,57 +71,33 @@ class PolicyModel(nn.Module):
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
-    def forward(
-        self,
-        input_ids_BT: torch.Tensor,
-        attention_mask_BT: torch.Tensor,
-        position_ids_BT: torch.Tensor,
-        predictor_index_BL: torch.Tensor,
-        response_mask_BL: torch.Tensor,
-        response_ids_BL: torch.Tensor,
-        final_index_B: torch.Tensor,
-        right_padded: bool = False,
-        cu_seqlens_S: torch.Tensor | None = None,
-        max_seqlen: int = 0,
-        temperature: float = 1.0,
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, temperature: float = 1.0, **fields) -> dict[str, torch.Tensor]:
         """Per response token: log-probs (with grad), entropy (no grad) and values; zero outside the mask.
 
         Log-probs and entropy are those of softmax(logits / temperature), the distribution rollouts are sampled
         from. With a value head, `final_values_B` is V(s_{H+1}), the value after each row's last token (what a
-        response cut at the token limit bootstraps with). The arguments are a `PackedBatch`'s fields (they are
-        tensors and plain values, which DDP and DeepSpeed pass through): a right-padded batch runs without its
-        attention mask (`PackedBatch.decoder_mask`), a packed one needs `varlen.varlen_attention` around the
-        forward and its backward.
+        response cut at the token limit bootstraps with). `fields` are a `PackedBatch`'s (`**vars(batch)`:
+        tensors and plain values, which DDP and DeepSpeed pass through to this forward): a right-padded batch
+        runs without its attention mask (`PackedBatch.decoder_mask`), a packed one needs
+        `varlen.varlen_attention` around the forward and its backward.
         """
-        batch = PackedBatch(
-            input_ids_BT,
-            attention_mask_BT,
-            position_ids_BT,
-            predictor_index_BL,
-            response_mask_BL,
-            response_ids_BL,
-            final_index_B,
-            right_padded,
-            cu_seqlens_S,
-            max_seqlen,
-        )
+        batch = PackedBatch(**fields)
         hidden_BTD = final_hidden_states(self.lm, batch)
         hidden_ND = gather_response_hidden(hidden_BTD, batch)
         logprobs_N, entropy_N = head_logprobs(
             self.lm.get_output_embeddings(),
             hidden_ND,
-            response_ids_BL[response_mask_BL],
+            batch.response_ids_BL[batch.response_mask_BL],
             temperature=temperature,
         )
         out = {
-            "logprobs_BL": _scatter(logprobs_N, response_mask_BL),
-            "entropy_BL": _scatter(entropy_N, response_mask_BL),
+            "logprobs_BL": _scatter(logprobs_N, batch.response_mask_BL),
+            "entropy_BL": _scatter(entropy_N, batch.response_mask_BL),
         }
         if self.value_head is not None:
             values_N = self.value_head(hidden_ND.to(self.value_head.weight.dtype))[:, 0].float()
-            out["values_BL"] = _scatter(values_N, response_mask_BL)
-            final_hidden_BD = batch.gather(hidden_BTD, final_index_B).to(self.value_head.weight.dtype)
+            out["values_BL"] = _scatter(values_N, batch.response_mask_BL)
+            final_hidden_BD = batch.gather(hidden_BTD, batch.final_index_B).to(self.value_head.weight.dtype)
             out["final_values_B"] = self.value_head(final_hidden_BD)[:, 0].float()
         return out
 
