@@ -86,15 +86,7 @@ def test_reference_forward_equals_eager_and_compile_count_is_bounded_over_micro_
 
 
 def policy_pass(policy: PolicyModel, batch) -> dict[str, torch.Tensor]:
-    out = policy(
-        batch.input_ids_BT,
-        batch.attention_mask_BT,
-        batch.position_ids_BT,
-        batch.predictor_index_BL,
-        batch.response_mask_BL,
-        batch.response_ids_BL,
-        batch.final_index_B,
-    )
+    out = policy(**vars(batch))
     loss = out["logprobs_BL"].sum() + out["values_BL"].square().sum() + out["final_values_B"].sum()
     loss.backward()
     return out
