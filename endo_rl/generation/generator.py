@@ -8,8 +8,8 @@
 call to the next. Shapes come from a small fixed set of buckets, so after warm-up nothing is compiled or
 captured again: the batch is padded up to a power of two (at most `batch_size`), the prompt width rounded up
 to a multiple of `prompt_bucket`, the cache grows in steps of `length_bucket` slots only when a request
-needs more, and finished rows are dropped in halvings of the batch (`static.generate_rows`). `HFGenerator` is transformers' `generate` behind the same interface. Another engine (a vLLM-style
-server) drops in beside them.
+needs more, and finished rows are dropped in halvings of the batch (`static.generate_rows`). `HFGenerator` is
+transformers' `generate` behind the same interface. Another engine (a vLLM-style server) drops in beside them.
 
 Completions come out in input order; micro-batches are formed from length-sorted prompts.
 """

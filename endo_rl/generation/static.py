@@ -4,8 +4,9 @@ HF `generate` with its dynamic cache spends most of a decode step in Python and 
 (about 20 ms per token at 7B on an H200 against a 3.5 ms weight-read floor). Here the decode step has fixed
 shapes (batch, one token, the whole cache length), so on CUDA it is captured once as a CUDA graph and replayed:
 one launch per token. The next token is sampled inside the same graph (`categorical`: multinomial's draw
-without its per-token device sync). The prefill runs the model's own modules; a decode step reads the model's weights directly
-(norms, projections, MLP, rotary tables, LM head), with our attention over the static cache and our cache writes.
+without its per-token device sync). The prefill runs the model's own modules; a decode step reads the model's
+weights directly (norms, projections, MLP, rotary tables, LM head), with our attention over the static cache and
+our cache writes.
 
 Fused projections (default): a decode step reads Q/K/V as one stacked weight, one GEMM instead of three (at
 batch 64 the separate K and V GEMMs are too small to stream their weights at full bandwidth). The stacked copy
@@ -97,8 +98,8 @@ class StaticDecoder:
 
     A decode step attends only to the cache prefix in use, rounded up to `window` slots: reading the whole
     cache at every step would add the full cache's bytes to every step's weight read. Each window (and number
-    of decoded rows, `compact`) has its own CUDA graph, captured on first use and replayed afterwards. An optimizer step updates weights in place, so
-    the graphs stay valid; `sync_weights` re-binds the weights and drops the graphs only when the parameters
+    of decoded rows, `compact`) has its own CUDA graph, captured on first use and replayed afterwards. An
+    optimizer step updates weights in place, so the graphs stay valid; `sync_weights` re-binds the weights and drops the graphs only when the parameters
     moved to new storage (e.g. ZeRO-3 gathering them anew).
 
     `compile`: False (eager), True (inductor on CUDA, eager elsewhere) or a torch.compile backend.
@@ -289,9 +290,8 @@ class StaticDecoder:
         if not 0 < rows <= self.rows:
             raise ValueError(f"compact to {rows} of the {self.rows} decoded rows")
         for cache in (self.k_cache, self.v_cache):
-            for (
-                layer_cache
-            ) in cache:  # one layer at a time: the gathered copy is one layer's, not the cache's
+            # one layer at a time: the gathered copy is one layer's, not the whole cache's
+            for layer_cache in cache:
                 layer_cache[:rows, :, :used] = layer_cache[keep_R, :, :used]
         for buf in (self.key_valid_BS, self.position_B1):
             buf[:rows] = buf[keep_R]

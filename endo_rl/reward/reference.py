@@ -72,12 +72,18 @@ def _finish(
     )
 
 
+def _inputs(model: torch.nn.Module, batch: PackedBatch) -> dict:
+    """`batch.decoder_inputs()`, after checking that a packed batch meets `model` under
+    `varlen.varlen_attention` (else it would attend across its sequences)."""
+    if batch.packed:
+        varlen.check_active(model)
+    return batch.decoder_inputs()
+
+
 def final_hidden_states(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     """The decoder's last hidden state (after the final norm), [rows, T, D] (a packed batch: [1, N, D]); the LM
     head is not applied. A packed batch needs `model` under `varlen.varlen_attention`."""
-    if batch.packed:
-        varlen.check_active(model)
-    return model.get_decoder()(**batch.decoder_inputs()).last_hidden_state
+    return model.get_decoder()(**_inputs(model, batch)).last_hidden_state
 
 
 def gather_response_hidden(hidden_BTD: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
@@ -134,9 +140,7 @@ def naive_reference_forward(
     bootstrap_B: torch.Tensor | None = None,
 ) -> ReferenceOutput:
     """Same outputs via the model's full [B, T, V] logits upcast to float32 (memory-hungry reference path)."""
-    if batch.packed:
-        varlen.check_active(model)
-    logits_BTV = model(**batch.decoder_inputs()).logits
+    logits_BTV = model(**_inputs(model, batch)).logits
     logits_BTV = logits_BTV.to(torch.promote_types(logits_BTV.dtype, torch.float32))
     logits_BLV = batch.gather(logits_BTV, batch.predictor_index_BL)
     mask_BL = batch.response_mask_BL

@@ -116,7 +116,7 @@ def packed_micro_batches(n: int, max_rows: int, min_rows: int = 1) -> list[list[
     """Rows in order, in the fewest micro-batches of at most `max_rows` (and, where a split allows it, at least
     `min_rows`) rows: packed, a micro-batch costs its tokens plus a fixed overhead, so only their count matters.
     Rows in order mix long and short ones, which evens out the tokens (the memory) per micro-batch."""
-    return padding_aware_micro_batches([1] * n, max_rows, min_rows=min(min_rows, max_rows))
+    return padding_aware_micro_batches([1] * n, max_rows, min_rows=min_rows)
 
 
 def pass_options(cfg) -> dict:
@@ -179,10 +179,12 @@ def packed(
 def no_grad_micro_batches(
     lengths: list[int], batch_size: int, min_rows: int, pack_sequences: bool
 ) -> list[list[int]]:
-    """The no-grad passes' micro-batches: row-capped when packed, padding-aware when padded."""
+    """The no-grad passes' micro-batches: row-capped when packed, padding-aware when padded; `min_rows` is
+    capped at `batch_size`."""
+    min_rows = min(min_rows, batch_size)
     if pack_sequences:
         return packed_micro_batches(len(lengths), batch_size, min_rows)
-    return padding_aware_micro_batches(lengths, batch_size, min_rows=min(min_rows, batch_size))
+    return padding_aware_micro_batches(lengths, batch_size, min_rows=min_rows)
 
 
 @torch.no_grad()

@@ -241,14 +241,13 @@ class Trainer:
         rollout.loss_mask_BL = truncation.loss_mask(mask_BL, truncated_B, self.truncation)
         if self._needs_old_pass():
             with self._timed("old_logprobs"), without_cudnn_attention():
-                device, t = self.accelerator.device, loss_temperature(self.cfg)
                 old = rl.policy_pass(
                     policy,
-                    device,
+                    self.accelerator.device,
                     prompt_ids,
                     response_ids,
                     self.pad_id,
-                    temperature=t,
+                    temperature=loss_temperature(self.cfg),
                     **rl.pass_options(self.cfg),
                 )
             rollout.old_logprobs_BL, rollout.old_entropy_BL = old["logprobs_BL"], old["entropy_BL"]
